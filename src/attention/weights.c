@@ -1,0 +1,71 @@
+/* Attention weights written into the caller's [.., q_len, kv_len] buffer, tile by tile. */
+#include <math.h>
+#include <string.h>
+
+#include "attention/tiles.h"
+#include "attention/weights.h"
+
+static void fill(float *dst, int64_t n, float value, int accumulate)
+{
+    for (int64_t j = 0; j < n; j++)
+        dst[j] = accumulate ? dst[j] + value : value;
+}
+
+void attn_write_weights(attn_ctx *ctx, const attn_instance *inst, const attn_task *t)
+{
+    const attn_args *a = inst->args;
+    const attn_scratch *w = &ctx->scratch;
+    int64_t Lk = a->kv_len, H = ctx->desc.q_heads;
+    int mean = a->weights_mode == ATTN_WEIGHTS_HEAD_MEAN;
+    int accumulate = mean && t->h > 0;
+    float masked = ctx->desc.masked_rows == ATTN_MASKED_ROWS_NAN ? NAN : 0.0f;
+    int64_t first_row = mean ? t->b * a->q_len + t->i0 : (t->b * H + t->h) * a->q_len + t->i0;
+    float *base = a->weights + first_row * Lk;
+
+    /* Keys no row of the task can see, and rows that see no key at all. */
+    for (int64_t r = 0; r < t->rows; r++) {
+        float *row = base + r * Lk;
+        if (w->state[r].l == 0.0f) {
+            fill(row, Lk, masked, accumulate);
+            continue;
+        }
+        if (!accumulate) {
+            memset(row, 0, (size_t)t->klo * sizeof *row);
+            memset(row + t->khi, 0, (size_t)(Lk - t->khi) * sizeof *row);
+        }
+    }
+    for (int64_t j0 = t->klo; j0 < t->khi; j0 += ATTN_TILE_K) {
+        int64_t n = t->khi - j0 < ATTN_TILE_K ? t->khi - j0 : ATTN_TILE_K;
+        attn_task_scores(ctx, inst, t, j0, n);
+        for (int64_t r = 0; r < t->rows; r++) {
+            const attn_row_state *st = &w->state[r];
+            if (st->l == 0.0f)
+                continue;
+            float *dst = base + r * Lk + j0;
+            const float *s = w->scores + r * ATTN_TILE_K;
+            int64_t lo, hi;
+            attn_task_row_span(ctx, r, j0, n, &lo, &hi);
+            if (lo >= hi) {
+                if (!accumulate)
+                    memset(dst, 0, (size_t)n * sizeof *dst);
+                continue;
+            }
+            if (!accumulate) {
+                memset(dst, 0, (size_t)lo * sizeof *dst);
+                memset(dst + hi, 0, (size_t)(n - hi) * sizeof *dst);
+            }
+            const float *bias = t->bias ? t->bias + r * a->bias_strides.seq + j0 + lo : NULL;
+            const uint8_t *mask = t->mask ? t->mask + r * a->mask_strides.seq + j0 + lo : NULL;
+            ctx->kernels->probs_row(s + lo, (size_t)(hi - lo), bias, mask, st->m, st->l,
+                                    dst + lo, accumulate);
+        }
+    }
+    if (mean && t->h == H - 1) {
+        float heads = (float)H;
+        for (int64_t r = 0; r < t->rows; r++) {
+            float *row = base + r * Lk;
+            for (int64_t j = 0; j < Lk; j++)
+                row[j] /= heads;
+        }
+    }
+}

@@ -1,0 +1,109 @@
+/* AVX-512F kernels. This file alone is compiled with -mavx512f (and -mfma); it is only called
+ * after the dispatcher has seen AVX-512F and the ZMM/opmask state enabled by the OS. */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "kernels/exp_poly.h"
+#include "kernels/softmax.h"
+
+static inline __m512 exp_avx512(__m512 x)
+{
+    __mmask16 normal = _mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_UNDERFLOW), _CMP_NLT_UQ);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(EXP_LOG2E)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_HI), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_LO), r);
+    __m512 p = _mm512_set1_ps(EXP_P0);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P5));
+    __m512 y = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+    y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
+    __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+    y = _mm512_mul_ps(y, _mm512_castsi512_ps(_mm512_slli_epi32(e, 23)));
+    return _mm512_maskz_mov_ps(normal, y); /* NaN compares unordered: kept, and stays NaN */
+}
+
+/* k (1..16) scores with bias added and hidden keys (mask 0, lanes >= k) set to -inf. */
+static inline __m512 load_scores(const float *s, const float *bias, const uint8_t *mask,
+                                 __mmask16 lanes)
+{
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    __m512 x = _mm512_mask_loadu_ps(ninf, lanes, s);
+    if (bias)
+        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(lanes, bias));
+    if (mask) {
+        uint8_t bytes[16] = {0};
+        memcpy(bytes, mask, (size_t)__builtin_popcount(lanes));
+        __m512i m = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)bytes));
+        __mmask16 hidden = _mm512_cmpeq_epi32_mask(m, _mm512_setzero_si512());
+        x = _mm512_mask_mov_ps(x, hidden, ninf);
+    }
+    return x;
+}
+
+static inline __mmask16 lanes_for(size_t remaining)
+{
+    return remaining >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << remaining) - 1u);
+}
+
+static float online_row_avx512(float *s, size_t n, const float *bias, const uint8_t *mask,
+                               attn_row_state *st, int entropy)
+{
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    for (size_t j = 0; j < n; j += 16) {
+        __mmask16 lanes = lanes_for(n - j);
+        __m512 x = load_scores(s + j, bias ? bias + j : NULL, mask ? mask + j : NULL, lanes);
+        _mm512_mask_storeu_ps(s + j, lanes, x);
+        vmax = _mm512_max_ps(vmax, x);
+    }
+    float block_max = _mm512_reduce_max_ps(vmax);
+    float m_new = st->m > block_max ? st->m : block_max;
+    float shift = m_new == -INFINITY ? 0.0f : m_new; /* see the scalar kernel */
+    float alpha = expf(st->m - shift);
+    __m512 vshift = _mm512_set1_ps(shift);
+    __m512 vsum = _mm512_setzero_ps(), vu = _mm512_setzero_ps();
+    for (size_t j = 0; j < n; j += 16) {
+        __mmask16 lanes = lanes_for(n - j);
+        __m512 x = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), lanes, s + j);
+        __m512 d = _mm512_sub_ps(x, vshift);
+        __m512 p = exp_avx512(d);
+        _mm512_mask_storeu_ps(s + j, lanes, p);
+        vsum = _mm512_add_ps(vsum, p);
+        if (entropy) {
+            __mmask16 seen = _mm512_cmp_ps_mask(p, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+            vu = _mm512_mask_add_ps(vu, seen, vu, _mm512_mul_ps(p, d));
+        }
+    }
+    float sum = _mm512_reduce_add_ps(vsum);
+    if (entropy)
+        st->u = (st->l != 0.0f ? alpha * (st->u + (st->m - m_new) * st->l) : 0.0f) +
+                _mm512_reduce_add_ps(vu);
+    st->l = alpha * st->l + sum;
+    st->m = m_new;
+    return alpha;
+}
+
+static void probs_row_avx512(const float *s, size_t n, const float *bias, const uint8_t *mask,
+                             float m, float l, float *dst, int accumulate)
+{
+    __m512 vm = _mm512_set1_ps(m), vl = _mm512_set1_ps(l);
+    for (size_t j = 0; j < n; j += 16) {
+        __mmask16 lanes = lanes_for(n - j);
+        __m512 x = load_scores(s + j, bias ? bias + j : NULL, mask ? mask + j : NULL, lanes);
+        __m512 p = _mm512_div_ps(exp_avx512(_mm512_sub_ps(x, vm)), vl);
+        if (accumulate)
+            p = _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, dst + j), p);
+        _mm512_mask_storeu_ps(dst + j, lanes, p);
+    }
+}
+
+static const attn_kernels avx512_table = {"avx512", online_row_avx512, probs_row_avx512};
+
+const attn_kernels *attn_kernels_avx512(void)
+{
+    return &avx512_table;
+}

@@ -1,0 +1,153 @@
+/* Naive double-precision attention and its float32 error bounds. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "reference.h"
+#include "util.h"
+
+ref_problem ref_problem_from(const attn_desc *d, const attn_args *a)
+{
+    ref_problem p;
+    p.B = a->batch;
+    p.Hq = d->q_heads;
+    p.Hkv = d->kv_heads;
+    p.Lq = a->q_len;
+    p.Lk = a->kv_len;
+    p.D = d->qk_dim;
+    p.Dv = d->v_dim;
+    p.scale = d->scale != 0.0f ? (double)d->scale : 1.0 / sqrt((double)d->qk_dim);
+    p.causal = (d->flags & ATTN_CAUSAL) != 0;
+    p.q_offset = a->q_offset == ATTN_Q_OFFSET_DEFAULT ? (int64_t)a->kv_len - a->q_len : a->q_offset;
+    p.window_left = d->window_left;
+    p.window_right = d->window_right;
+    p.kv_lens = a->kv_lens;
+    p.q = a->q, p.k = a->k, p.v = a->v, p.bias = a->bias, p.mask = a->mask;
+    p.qs = a->q_strides, p.ks = a->k_strides, p.vs = a->v_strides;
+    p.bias_s = a->bias_strides, p.mask_s = a->mask_strides;
+    return p;
+}
+
+#define U 0x1p-24 /* unit roundoff of float32 */
+
+void ref_attention(const ref_problem *p, ref_result *r)
+{
+    size_t rows = (size_t)(p->B * p->Hq * p->Lq);
+    r->out = xcalloc(rows * p->Dv, sizeof(double));
+    r->out_tol = xcalloc(rows * p->Dv, sizeof(double));
+    r->lse = xcalloc(rows, sizeof(double));
+    r->lse_tol = xcalloc(rows, sizeof(double));
+    r->entropy = xcalloc(rows, sizeof(double));
+    r->entropy_tol = xcalloc(rows, sizeof(double));
+    r->weights = xcalloc(rows * p->Lk, sizeof(double));
+    r->weights_tol = xcalloc(rows * p->Lk, sizeof(double));
+    r->masked = xcalloc(rows, 1);
+    double *s = xcalloc((size_t)p->Lk, sizeof(double));
+    double *mag = xcalloc((size_t)p->Lk, sizeof(double));
+    unsigned char *vis = xcalloc((size_t)p->Lk, 1);
+    int64_t group = p->Hq / p->Hkv;
+
+    for (int64_t b = 0; b < p->B; b++)
+        for (int64_t h = 0; h < p->Hq; h++)
+            for (int64_t i = 0; i < p->Lq; i++) {
+                int64_t g = h / group;
+                size_t row = (size_t)((b * p->Hq + h) * p->Lq + i);
+                const float *q = p->q + b * p->qs.batch + h * p->qs.head + i * p->qs.seq;
+                int64_t pos = i + p->q_offset;
+                double m = -INFINITY, sigma = 0.0;
+                int64_t n_vis = 0;
+                for (int64_t j = 0; j < p->Lk; j++) {
+                    int ok = 1;
+                    if (p->causal && j > pos) ok = 0;
+                    if (p->window_left >= 0 && j < pos - p->window_left) ok = 0;
+                    if (p->window_right >= 0 && j > pos + p->window_right) ok = 0;
+                    if (p->kv_lens && j >= p->kv_lens[b]) ok = 0;
+                    if (p->mask && !p->mask[b * p->mask_s.batch + h * p->mask_s.head +
+                                            i * p->mask_s.seq + j])
+                        ok = 0;
+                    const float *k = p->k + b * p->ks.batch + g * p->ks.head + j * p->ks.seq;
+                    double dot = 0.0, absdot = 0.0;
+                    for (int64_t d = 0; d < p->D; d++) {
+                        dot += (double)q[d] * k[d];
+                        absdot += fabs((double)q[d] * k[d]);
+                    }
+                    double x = dot * p->scale, bias = 0.0;
+                    if (p->bias)
+                        bias = p->bias[b * p->bias_s.batch + h * p->bias_s.head +
+                                       i * p->bias_s.seq + j];
+                    x += bias;
+                    if (x == -INFINITY) ok = 0;
+                    vis[j] = (unsigned char)ok;
+                    s[j] = x;
+                    /* magnitude that float rounding of this score is relative to */
+                    mag[j] = absdot * fabs(p->scale) + fabs(bias) + fabs(x);
+                    if (ok) {
+                        n_vis++;
+                        m = x > m ? x : m;
+                        sigma = mag[j] > sigma ? mag[j] : sigma;
+                    }
+                }
+                double *out = r->out + row * p->Dv, *out_tol = r->out_tol + row * p->Dv;
+                double *w = r->weights + row * p->Lk, *w_tol = r->weights_tol + row * p->Lk;
+                if (n_vis == 0) {
+                    r->masked[row] = 1;
+                    r->lse[row] = -INFINITY;
+                    continue;
+                }
+                double l = 0.0;
+                for (int64_t j = 0; j < p->Lk; j++)
+                    if (vis[j])
+                        l += exp(s[j] - m);
+                double ent = 0.0, lse = m + log(l);
+                for (int64_t j = 0; j < p->Lk; j++)
+                    if (vis[j]) {
+                        w[j] = exp(s[j] - m) / l;
+                        if (w[j] > 0.0)
+                            ent -= w[j] * log(w[j]);
+                    }
+                /*
+                 * Error model of a float32 implementation. Each score carries an absolute error
+                 * of at most delta = (D + 3) u sigma (a D-term dot product, the scaling and the
+                 * bias addition), which perturbs every probability relatively by 2 delta; exp,
+                 * the division and the sums over n visible keys add (n + 8) u. The bounds are
+                 * first-order worst cases; the tests assert them with a safety factor of 2.
+                 */
+                double delta = (double)(p->D + 3) * U * sigma;
+                double rel = 2.0 * delta + (double)(n_vis + 8) * U;
+                for (int64_t j = 0; j < p->Lk; j++)
+                    w_tol[j] = 2.0 * rel * w[j] + 1e-37;
+                for (int64_t d = 0; d < p->Dv; d++) {
+                    double acc = 0.0, absacc = 0.0;
+                    for (int64_t j = 0; j < p->Lk; j++)
+                        if (vis[j]) {
+                            double v = p->v[b * p->vs.batch + g * p->vs.head + j * p->vs.seq + d];
+                            acc += w[j] * v;
+                            absacc += w[j] * fabs(v);
+                        }
+                    out[d] = acc;
+                    out_tol[d] = 2.0 * rel * absacc + 1e-30;
+                }
+                r->lse[row] = lse;
+                r->lse_tol[row] = 2.0 * (delta + (double)(n_vis + 8) * U * (1.0 + fabs(lse)));
+                r->entropy[row] = ent;
+                r->entropy_tol[row] =
+                    2.0 * (rel * (ent + 1.0) + (double)(n_vis + 8) * U * (ent + log((double)n_vis) + 1.0)) +
+                    1e-30;
+            }
+    free(s);
+    free(mag);
+    free(vis);
+}
+
+void ref_free(ref_result *r)
+{
+    free(r->out);
+    free(r->out_tol);
+    free(r->lse);
+    free(r->lse_tol);
+    free(r->entropy);
+    free(r->entropy_tol);
+    free(r->weights);
+    free(r->weights_tol);
+    free(r->masked);
+}
