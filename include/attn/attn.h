@@ -301,7 +301,8 @@ ATTN_EXPORT void attn_args_init(attn_args *args);
  * weights mode), ATTN_ERR_STRUCT_SIZE, ATTN_ERR_ZERO_SIZE (batch, q_len or kv_len 0),
  * ATTN_ERR_STRIDE, ATTN_ERR_OVERFLOW, ATTN_ERR_OFFSET, ATTN_ERR_KV_LENS, ATTN_ERR_BAD_OPTION
  * (unknown weights_mode, or weights given with ATTN_WEIGHTS_NONE), ATTN_ERR_ALIAS.
- * On failure no output is written and attn_last_error(ctx) names the argument.
+ * On failure no output is written and attn_last_error(ctx) names the argument (for a NULL ctx,
+ * attn_last_error(NULL) on the calling thread).
  */
 ATTN_EXPORT attn_status attn_forward(attn_ctx *ctx, const attn_args *args);
 
