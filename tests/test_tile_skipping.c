@@ -16,25 +16,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cblas.h>
 #include <cmocka.h>
 
 #include <attn/attn.h>
 
 #include "support/util.h"
 
-typedef void (*sgemm_fn)(const enum CBLAS_ORDER, const enum CBLAS_TRANSPOSE,
-                         const enum CBLAS_TRANSPOSE, const blasint, const blasint, const blasint,
-                         const float, const float *, const blasint, const float *, const blasint,
-                         const float, float *, const blasint);
+/* The CBLAS prototype with the C types every LP64 CBLAS uses (enums and 32-bit int), so this
+ * interposer needs no particular BLAS's cblas.h. */
+typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int,
+                         const float *, int, float, float *, int);
 
 static long calls;
 static double volume; /* sum of m * n * k */
 
-void cblas_sgemm(const enum CBLAS_ORDER order, const enum CBLAS_TRANSPOSE ta,
-                 const enum CBLAS_TRANSPOSE tb, const blasint m, const blasint n, const blasint k,
-                 const float alpha, const float *a, const blasint lda, const float *b,
-                 const blasint ldb, const float beta, float *c, const blasint ldc)
+void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha, const float *a,
+                 int lda, const float *b, int ldb, float beta, float *c, int ldc);
+void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha, const float *a,
+                 int lda, const float *b, int ldb, float beta, float *c, int ldc)
 {
     static sgemm_fn real;
     if (!real) {
