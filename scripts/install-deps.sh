@@ -1,14 +1,15 @@
 #!/bin/sh
 # Installs the Debian packages libattn needs, if any is missing. Usage:
 #   scripts/install-deps.sh [build|test|ci]   (default: test)
-# build: compiler, CMake, OpenBLAS. test: + cmocka. ci: + valgrind.
+# build: compiler, CMake, OpenBLAS. test: + cmocka. ci: + valgrind, dpkg-dev (for CPack's
+# dependency list) and BLIS (the alternative BLAS CI builds against).
 set -eu
 level=${1:-test}
 pkgs="gcc libc6-dev make cmake pkg-config libopenblas-dev"
 case "$level" in
   build) ;;
   test) pkgs="$pkgs libcmocka-dev" ;;
-  ci) pkgs="$pkgs libcmocka-dev valgrind binutils" ;;
+  ci) pkgs="$pkgs libcmocka-dev valgrind binutils dpkg-dev libblis-dev" ;;
   *) echo "usage: $0 [build|test|ci]" >&2; exit 2 ;;
 esac
 missing=""

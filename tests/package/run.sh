@@ -1,0 +1,50 @@
+#!/bin/sh
+# Builds and runs the packaging consumers against an installed libattn.
+#   tests/package/run.sh PREFIX [shared|static|system]
+# shared: a `cmake --install` tree at PREFIX; static: the same for BUILD_SHARED_LIBS=OFF;
+# system: the Debian packages installed in /usr (no search paths given at all).
+set -eu
+prefix=$1
+kind=${2:-shared}
+here=$(cd "$(dirname "$0")" && pwd)
+src=$(cd "$here/../.." && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+arch=$(gcc -print-multiarch 2>/dev/null || true)
+libdir="$prefix/lib${arch:+/$arch}"
+if [ "$kind" != system ]; then
+  export PKG_CONFIG_PATH="$libdir/pkgconfig"
+  export LD_LIBRARY_PATH="$libdir"
+fi
+
+say() { printf '== %s (%s)\n' "$1" "$kind"; }
+show_lib() { ldd "$1" | grep -E 'libattn' || echo "   libattn linked statically"; }
+
+say "CMake find_package(attn 0.1 REQUIRED)"
+cmake -S "$here/find_package" -B "$work/fp" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+cmake --build "$work/fp" >/dev/null
+"$work/fp/consumer"
+show_lib "$work/fp/consumer"
+
+if [ "$kind" = shared ]; then
+  say "CMake add_subdirectory(libattn)"
+  cmake -S "$here/add_subdirectory" -B "$work/sub" -DATTN_SOURCE_DIR="$src" >/dev/null
+  cmake --build "$work/sub" -j2 >/dev/null
+  "$work/sub/consumer"
+fi
+
+say "make + pkg-config"
+flags=""
+[ "$kind" = static ] && flags=--static
+echo "   pkg-config $flags --cflags --libs attn: $(pkg-config $flags --cflags --libs attn)"
+make -s -f "$here/pkg-config/Makefile" OUT="$work/pc" PKG_CONFIG_FLAGS="$flags"
+"$work/pc"
+
+say "cc ... -lattn"
+case "$kind" in
+  system) cc -o "$work/bare" "$here/consumer.c" -lattn -lm ;;
+  shared) cc -o "$work/bare" "$here/consumer.c" -I"$prefix/include" -L"$libdir" -lattn -lm ;;
+  static) cc -o "$work/bare" "$here/consumer.c" -I"$prefix/include" -L"$libdir" -lattn -lopenblas -lm ;;
+esac
+"$work/bare"
+show_lib "$work/bare"
