@@ -403,19 +403,31 @@ static void test_static_workspace(void **state)
     free(raw);
 }
 
-/* The workspace is a function of the descriptor alone and grows with the head dims only. */
+/* The workspace is a function of the descriptor alone: it grows with the head dims and the
+ * thread count, and with nothing else. */
 static void test_workspace_size(void **state)
 {
     (void)state;
     attn_desc d = valid_desc();
+    d.threads = 1;
     size_t base = attn_workspace_size(&d);
     d.flags = ATTN_CAUSAL, d.window_left = 5, d.q_heads = 64, d.kv_heads = 8;
     assert_int_equal(attn_workspace_size(&d), base);
     d.v_dim = 128;
     assert_true(attn_workspace_size(&d) > base);
+    d.threads = 2;
+    assert_true(attn_workspace_size(&d) > attn_workspace_size(&(attn_desc){.struct_size = 0}));
+    size_t two = attn_workspace_size(&d);
+    d.threads = 1;
+    assert_true(two > attn_workspace_size(&d));
     d.v_dim = ATTN_MAX_HEAD_DIM, d.qk_dim = ATTN_MAX_HEAD_DIM;
-    print_message("workspace at the head-dim limit: %zu bytes\n", attn_workspace_size(&d));
-    assert_true(attn_workspace_size(&d) < (8u << 20));
+    print_message("workspace at the head-dim limit, one thread: %zu bytes\n", attn_workspace_size(&d));
+    /* five 64-row buffers of the widest head (scores, accumulator, gathered queries, one split
+     * partial, the fold's carry) and small change */
+    assert_true(attn_workspace_size(&d) < 5u * 64u * ATTN_MAX_HEAD_DIM * 4u + (1u << 20));
+    d.threads = ATTN_MAX_THREADS + 1;
+    assert_int_equal(attn_workspace_size(&d), 0);
+    assert_non_null(strstr(attn_last_error(NULL), "threads"));
 }
 
 int main(void)

@@ -3,7 +3,8 @@
  * sizes including 1, 3, 17, 63, 65, 257; Lq != Lk; qk_dim != v_dim; GQA and MQA; causal with
  * default and arbitrary offsets; windows; kv_lens; broadcast boolean masks and biases (alone and
  * combined); [B,H,S,D], [B,S,H,D], padded and packed-QKV layouts; broadcast K/V; every optional
- * output; both masked-row policies. Padding between rows holds NaN, so a read outside a view
+ * output; both masked-row policies; decoding-like shapes (the split-key path); 1 to 4 threads.
+ * Padding between rows holds NaN, so a read outside a view
  * poisons the result, and padding of the output must come back untouched.
  * Tolerance: the per-element error bound of support/reference.c, times 2.
  */
@@ -97,7 +98,7 @@ static attn_strides broadcast_shape(rng *r, int64_t B, int64_t H, int64_t Lq, in
 }
 
 typedef struct totals {
-    long configs, compared;
+    long configs, compared, split;
     double worst_ratio;
 } totals;
 
@@ -111,10 +112,15 @@ static void run_config(uint64_t seed, totals *tot)
     static const int64_t groups[] = {1, 1, 2, 4};
     int64_t Hq = Hkv * groups[rng_below(&r, 4)];
     int64_t Lq = pick_len(&r), Lk = rng_below(&r, 4) ? pick_len(&r) : Lq;
+    int decode = rng_below(&r, 5) == 0;
+    if (decode) { /* decoding-like: the split-key path, unless weights are asked for */
+        Lq = 1 + rng_below(&r, 16);
+        Lk = 512 + rng_below(&r, 1600);
+    }
     int64_t D = pick_dim(&r), Dv = rng_below(&r, 3) ? pick_dim(&r) : D;
     int packed = rng_below(&r, 6) == 0;
     if (packed) { /* [B, L, Hq + 2 Hkv, D]: self-attention with D == Dv */
-        Lk = Lq;
+        Lq = Lk = Lq > 300 ? 300 : Lq;
         Dv = D;
     }
     /* keep one configuration's work moderate so the suite stays fast under valgrind */
@@ -132,6 +138,7 @@ static void run_config(uint64_t seed, totals *tot)
     d.window_left = rng_below(&r, 4) == 0 ? rng_below(&r, Lk + 2) : -1;
     d.window_right = rng_below(&r, 4) == 0 ? rng_below(&r, Lk + 2) : -1;
     d.masked_rows = rng_below(&r, 4) == 0 ? ATTN_MASKED_ROWS_NAN : ATTN_MASKED_ROWS_ZERO;
+    d.threads = (uint32_t)(1 + rng_below(&r, 4));
     double amp = rng_below(&r, 6) == 0 ? 30.0 : 1.0;
 
     attn_args a;
@@ -199,6 +206,8 @@ static void run_config(uint64_t seed, totals *tot)
     if (rng_below(&r, 2))
         a.entropy = ent = xcalloc(rows, sizeof *ent);
     int wm = (int)rng_below(&r, 3);
+    if (decode && rng_below(&r, 4))
+        wm = 0;
     if (wm) {
         a.weights_mode = wm == 1 ? ATTN_WEIGHTS_PER_HEAD : ATTN_WEIGHTS_HEAD_MEAN;
         a.weights = w = xcalloc(wm == 1 ? rows * Lk : (size_t)(B * Lq * Lk), sizeof *w);
@@ -207,11 +216,11 @@ static void run_config(uint64_t seed, totals *tot)
     char label[256];
     snprintf(label, sizeof label,
              "seed %llu: B=%lld Hq=%lld Hkv=%lld Lq=%lld Lk=%lld D=%lld Dv=%lld causal=%d "
-             "win=(%lld,%lld) off=%lld lens=%d mask=%d bias=%d layout=%d packed=%d",
+             "win=(%lld,%lld) off=%lld lens=%d mask=%d bias=%d layout=%d packed=%d threads=%u",
              (unsigned long long)seed, (long long)B, (long long)Hq, (long long)Hkv, (long long)Lq,
              (long long)Lk, (long long)D, (long long)Dv, (int)(d.flags & ATTN_CAUSAL),
              (long long)d.window_left, (long long)d.window_right, (long long)a.q_offset,
-             kv_lens != NULL, mask != NULL, bias != NULL, (int)lay, packed);
+             kv_lens != NULL, mask != NULL, bias != NULL, (int)lay, packed, d.threads);
 
     attn_ctx *ctx;
     assert_int_equal(attn_create(&d, &ctx), ATTN_OK);
@@ -238,6 +247,7 @@ static void run_config(uint64_t seed, totals *tot)
             fail_msg("%s: out padding element %zu was written", label, i);
     free(in_view);
     tot->configs++;
+    tot->split += Lq <= 16 && Lk >= 512 && a.weights_mode == ATTN_WEIGHTS_NONE;
     tot->compared += cs.compared;
     if (cs.worst_ratio > tot->worst_ratio)
         tot->worst_ratio = cs.worst_ratio;
@@ -251,12 +261,14 @@ static void run_config(uint64_t seed, totals *tot)
 static void test_random_configurations(void **state)
 {
     (void)state;
-    totals tot = {0, 0, 0.0};
+    totals tot = {0, 0, 0, 0.0};
     for (uint64_t seed = 1; seed <= NCONFIGS; seed++) {
         run_config(seed * 7919u, &tot);
     }
-    print_message("%ld configurations, %ld values compared, worst error/tolerance %.3f (%s)\n",
-                  tot.configs, tot.compared, tot.worst_ratio, attn_kernel_isa());
+    print_message("%ld configurations (%ld on the split-key path), %ld values compared, "
+                  "worst error/tolerance %.3f (%s)\n",
+                  tot.configs, tot.split, tot.compared, tot.worst_ratio, attn_kernel_isa());
+    assert_true(tot.split >= 30);
     assert_int_equal(tot.configs, NCONFIGS);
 }
 

@@ -11,6 +11,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,8 +28,9 @@
 typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int,
                          const float *, int, float, float *, int);
 
-static long calls;
-static double volume; /* sum of m * n * k */
+/* Updated from every thread that runs tiles, hence atomic. */
+static _Atomic long calls;
+static _Atomic long long volume; /* sum of m * n * k */
 
 void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha, const float *a,
                  int lda, const float *b, int ldb, float beta, float *c, int ldc);
@@ -41,7 +43,7 @@ void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha, co
         memcpy(&real, &sym, sizeof real); /* POSIX guarantees the conversion; ISO C does not */
     }
     calls++;
-    volume += (double)m * n * k;
+    volume += (long long)m * n * k;
     real(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
@@ -72,7 +74,7 @@ static double measure(uint32_t flags, int64_t window_left, const int32_t *kv_len
     attn_destroy(ctx);
     if (ncalls)
         *ncalls = calls;
-    return volume;
+    return (double)volume;
 }
 
 static void test_interposed(void **state)

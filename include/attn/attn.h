@@ -61,7 +61,8 @@ typedef enum attn_status {
     ATTN_ERR_ALIAS = 13,          /* an output overlaps an input or another output */
     ATTN_ERR_WORKSPACE_SIZE = 14, /* a caller-provided workspace is smaller than required */
     ATTN_ERR_WORKSPACE_ALIGN = 15,/* a caller-provided workspace is not ATTN_WORKSPACE_ALIGN-aligned */
-    ATTN_ERR_NO_MEMORY = 16       /* the allocator returned NULL */
+    ATTN_ERR_NO_MEMORY = 16,      /* the allocator returned NULL */
+    ATTN_ERR_THREADS = 17         /* the system could not start a worker thread */
 } attn_status;
 
 /*
@@ -78,6 +79,8 @@ ATTN_EXPORT const char *attn_status_str(attn_status status);
 #define ATTN_MAX_HEAD_DIM 16384u
 /* Largest |q_offset| and window width accepted: keeps every position sum inside int64_t. */
 #define ATTN_MAX_DISTANCE INT64_C(4294967295)
+/* Largest attn_desc.threads accepted. */
+#define ATTN_MAX_THREADS 256u
 /* Alignment in bytes that attn_create_static() requires of its workspace. */
 #define ATTN_WORKSPACE_ALIGN 64u
 /* attn_args.q_offset value meaning "kv_len - q_len": the last query sees the last key. */
@@ -110,6 +113,12 @@ ATTN_EXPORT const char *attn_kernel_isa(void);
 
 /* attn_desc.flags bits. */
 #define ATTN_CAUSAL 0x1u /* key j is visible to query i only if j <= i + q_offset */
+/* Never change the BLAS's thread count. By default, while attn_forward runs, libattn sets
+ * OpenBLAS's or BLIS's process-wide thread count to 1 and restores it afterwards
+ * (docs/threading.md), so that the tile products run on libattn's threads only and results do
+ * not depend on the thread count. With this flag the BLAS is left as configured: results are
+ * then bitwise reproducible across thread counts only if the BLAS is single-threaded. */
+#define ATTN_BLAS_THREADS_UNTOUCHED 0x2u
 
 /* What a query row that sees no key at all (a "fully masked row") produces. */
 typedef enum attn_masked_rows {
@@ -147,11 +156,14 @@ typedef struct attn_desc {
     int64_t window_right;      /* ... and only if j <= i + q_offset + window_right; -1 = unbounded */
     attn_masked_rows masked_rows; /* policy for rows that see no key */
     const attn_allocator *allocator; /* NULL: the C library's aligned allocation */
+    uint32_t threads;          /* threads attn_forward runs on, 1 .. ATTN_MAX_THREADS;
+                                  0 = the processors this process may use */
 } attn_desc;
 
 /*
  * Fills *desc with the defaults: struct_size set, 1 query head, 1 kv head, qk_dim = v_dim = 64,
- * scale 0 (1/sqrt(qk_dim)), no flags, unbounded window, ATTN_MASKED_ROWS_ZERO, default allocator.
+ * scale 0 (1/sqrt(qk_dim)), no flags, unbounded window, ATTN_MASKED_ROWS_ZERO, default allocator,
+ * threads 0 (all available processors).
  * desc: must not be NULL (a NULL desc is ignored). Thread-safe.
  */
 ATTN_EXPORT void attn_desc_init(attn_desc *desc);
@@ -159,8 +171,8 @@ ATTN_EXPORT void attn_desc_init(attn_desc *desc);
 /*
  * Returns the number of bytes attn_create_static() needs for `desc` (the context itself plus its
  * workspace), or 0 if the descriptor is invalid; attn_last_error(NULL) then says why. The size
- * depends on the descriptor and the library's tile sizes only, never on sequence lengths or batch.
- * Thread-safe.
+ * depends on the descriptor (head dims and thread count) and the library's tile sizes only, never
+ * on sequence lengths or batch. Thread-safe.
  */
 ATTN_EXPORT size_t attn_workspace_size(const attn_desc *desc);
 
@@ -169,13 +181,15 @@ typedef struct attn_ctx attn_ctx;
 
 /*
  * Validates `desc` and creates a context, allocating its workspace once with desc->allocator
- * (or the C library when NULL).
+ * (or the C library when NULL), and starts desc->threads - 1 worker threads, which sleep between
+ * calls (their stacks come from the system, not from the allocator).
  *   desc:    the kind of problem; read during the call only.
  *   out_ctx: receives the new context; set to NULL on failure.
  * Returns ATTN_OK, or: ATTN_ERR_NULL_POINTER (desc or out_ctx NULL, or an allocator with a NULL
  * function), ATTN_ERR_STRUCT_SIZE, ATTN_ERR_ZERO_SIZE (a head count or dim is 0), ATTN_ERR_HEADS,
  * ATTN_ERR_LIMIT (a dim above ATTN_MAX_HEAD_DIM), ATTN_ERR_SCALE, ATTN_ERR_BAD_OPTION (unknown
- * flag bits or masked_rows value), ATTN_ERR_WINDOW, ATTN_ERR_NO_MEMORY.
+ * flag bits or masked_rows value), ATTN_ERR_WINDOW, ATTN_ERR_LIMIT (threads above
+ * ATTN_MAX_THREADS), ATTN_ERR_NO_MEMORY, ATTN_ERR_THREADS.
  * On failure the reason is in attn_last_error(NULL) for the calling thread. Thread-safe.
  * The caller owns the context and releases it with attn_destroy().
  */
@@ -183,7 +197,8 @@ ATTN_EXPORT attn_status attn_create(const attn_desc *desc, attn_ctx **out_ctx);
 
 /*
  * Like attn_create(), but places the context and its workspace in caller memory and never
- * allocates. `workspace` must be ATTN_WORKSPACE_ALIGN-aligned and at least
+ * allocates (worker threads, when desc->threads asks for them, are still started). `workspace`
+ * must be ATTN_WORKSPACE_ALIGN-aligned and at least
  * attn_workspace_size(desc) bytes, and must stay valid and untouched until the context is
  * destroyed; desc->allocator is ignored.
  * Returns the statuses of attn_create() except ATTN_ERR_NO_MEMORY, plus ATTN_ERR_NULL_POINTER for
@@ -193,9 +208,9 @@ ATTN_EXPORT attn_status attn_create_static(const attn_desc *desc, void *workspac
                                            size_t workspace_size, attn_ctx **out_ctx);
 
 /*
- * Releases a context made by attn_create(). For a context made by attn_create_static() it only
- * invalidates the handle; the caller still owns the workspace memory. NULL is accepted and
- * ignored. Must not run concurrently with any other use of the same context.
+ * Stops the context's worker threads and releases a context made by attn_create(). For a context
+ * made by attn_create_static() the caller still owns the workspace memory afterwards. NULL is
+ * accepted and ignored. Must not run concurrently with any other use of the same context.
  */
 ATTN_EXPORT void attn_destroy(attn_ctx *ctx);
 
@@ -293,7 +308,11 @@ ATTN_EXPORT void attn_args_init(attn_args *args);
  * The computation is tiled over query and key blocks with an online softmax: memory use is
  * independent of the lengths, no allocation happens, and tiles that causal, window or kv_lens
  * hide entirely are skipped. Optional outputs (weights, lse, entropy) are written straight into
- * the caller's buffers.
+ * the caller's buffers. The work is spread over the context's threads in pieces that do not
+ * depend on the thread count, so results are bitwise identical for any desc.threads. With few
+ * queries and many keys (q_len <= 16, kv_len >= 512, no weights requested) the keys are split
+ * into fixed chunks computed in parallel and combined through their log-sum-exp, and the query
+ * heads sharing a kv head are computed together so K and V are read once.
  *   ctx:  a context from attn_create*(); its workspace is used, so one thread at a time.
  *   args: the instance; read during the call only. Inputs are never written. Outputs must not
  *         overlap inputs or each other.

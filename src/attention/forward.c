@@ -1,44 +1,90 @@
 /*
- * The forward driver. Work is split into tasks of ATTN_TILE_Q query rows of one (batch, head).
- * Each task streams its visible key range ATTN_TILE_K keys at a time:
+ * The forward driver. Work is split into tasks of up to ATTN_TILE_Q query rows sharing a batch
+ * and a kv head. A task streams its visible key range ATTN_TILE_K keys at a time:
  *   S = scale * Q_blk K_blkᵀ            (cblas_sgemm)
  *   per row: bias, mask, running max, exp, running sum, rescale of the accumulator (kernel)
  *   Acc += P V_blk                      (cblas_sgemm)
  * and divides by the running sum once at the end (deferred normalisation). Keys outside the
- * union of the rows' structured intervals are never touched, so causal, window and kv_lens
- * tiles are skipped without a BLAS call.
+ * union of the rows' structured intervals are never touched.
+ *
+ * Two ways to cut the work, both independent of the thread count so that results are bitwise
+ * the same for any number of threads:
+ *   - blocks: one task per (batch, query head, block of ATTN_TILE_Q positions);
+ *   - split keys, for few queries and many keys: the rows of a kv head's whole query group form
+ *     one task matrix (K and V are read once for the group), the keys are cut into chunks of
+ *     ATTN_SPLIT_KEYS, chunks run in parallel, and each group's partial results are folded
+ *     through their log-sum-exp strictly in chunk order.
  */
 #include <math.h>
 #include <string.h>
 
 #include "attention/instance.h"
-#include "attention/tiles.h"
 #include "attention/task.h"
+#include "attention/tiles.h"
 #include "attention/weights.h"
 #include "core/blas.h"
+#include "parallel/blas_threads.h"
 
-void attn_task_init(const attn_ctx *ctx, const attn_instance *inst, attn_task *t, int64_t b,
-                    int64_t h, int64_t i0)
+/* ---- tasks ------------------------------------------------------------------------------- */
+
+static void task_finish_setup(const attn_ctx *ctx, const attn_instance *inst, attn_task *t)
 {
     const attn_args *a = inst->args;
-    int64_t g = h / ctx->group;
-    int64_t keys = a->kv_lens ? (int64_t)a->kv_lens[b] : (int64_t)a->kv_len;
-    int64_t rest = a->q_len - i0;
-    t->b = b;
-    t->h = h;
-    t->i0 = i0;
-    t->rows = rest < ATTN_TILE_Q ? rest : ATTN_TILE_Q;
-    t->q = a->q + b * a->q_strides.batch + h * a->q_strides.head + i0 * a->q_strides.seq;
-    t->k = a->k + b * a->k_strides.batch + g * a->k_strides.head;
-    t->v = a->v + b * a->v_strides.batch + g * a->v_strides.head;
-    t->bias = a->bias ? a->bias + b * a->bias_strides.batch + h * a->bias_strides.head +
-                            i0 * a->bias_strides.seq
-                      : NULL;
-    t->mask = a->mask ? a->mask + b * a->mask_strides.batch + h * a->mask_strides.head +
-                            i0 * a->mask_strides.seq
-                      : NULL;
-    attn_visible_rows(&inst->vis, keys, i0, t->rows, ctx->scratch.lo, ctx->scratch.hi, &t->klo,
+    int64_t keys = a->kv_lens ? (int64_t)a->kv_lens[t->b] : (int64_t)a->kv_len;
+    t->k = a->k + t->b * a->k_strides.batch + t->g * a->k_strides.head;
+    t->v = a->v + t->b * a->v_strides.batch + t->g * a->v_strides.head;
+    (void)ctx;
+    attn_visible_rows(&inst->vis, keys, t->w->row_i, t->rows, t->w->lo, t->w->hi, &t->klo,
                       &t->khi);
+}
+
+void attn_task_block(const attn_ctx *ctx, const attn_instance *inst, attn_scratch *w,
+                     attn_task *t, int64_t b, int64_t h, int64_t i0)
+{
+    const attn_args *a = inst->args;
+    int64_t rest = a->q_len - i0;
+    t->w = w;
+    t->b = b;
+    t->g = h / ctx->group;
+    t->rows = rest < ATTN_TILE_Q ? rest : ATTN_TILE_Q;
+    for (int64_t r = 0; r < t->rows; r++) {
+        w->row_h[r] = h;
+        w->row_i[r] = i0 + r;
+    }
+    t->q = a->q + b * a->q_strides.batch + h * a->q_strides.head + i0 * a->q_strides.seq;
+    t->ldq = inst->ldq;
+    task_finish_setup(ctx, inst, t);
+}
+
+/* Row maps of a group task: row r is (head, position) number first + r of kv head g's group. */
+static void group_rows(const attn_ctx *ctx, const attn_instance *inst, attn_scratch *w,
+                       int64_t g, int64_t first, int64_t rows)
+{
+    int64_t Lq = inst->args->q_len;
+    for (int64_t r = 0; r < rows; r++) {
+        w->row_h[r] = g * ctx->group + (first + r) / Lq;
+        w->row_i[r] = (first + r) % Lq;
+    }
+}
+
+void attn_task_group(const attn_ctx *ctx, const attn_instance *inst, attn_scratch *w,
+                     attn_task *t, int64_t b, int64_t g, int64_t first, int64_t rows)
+{
+    const attn_args *a = inst->args;
+    int64_t D = ctx->desc.qk_dim;
+    t->w = w;
+    t->b = b;
+    t->g = g;
+    t->rows = rows;
+    group_rows(ctx, inst, w, g, first, rows);
+    for (int64_t r = 0; r < rows; r++)
+        memcpy(w->qrows + r * D,
+               a->q + b * a->q_strides.batch + w->row_h[r] * a->q_strides.head +
+                   w->row_i[r] * a->q_strides.seq,
+               (size_t)D * sizeof(float));
+    t->q = w->qrows;
+    t->ldq = (int)D;
+    task_finish_setup(ctx, inst, t);
 }
 
 void attn_task_scores(const attn_ctx *ctx, const attn_instance *inst, const attn_task *t,
@@ -46,64 +92,99 @@ void attn_task_scores(const attn_ctx *ctx, const attn_instance *inst, const attn
 {
     const attn_args *a = inst->args;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)t->rows, (int)n,
-                (int)ctx->desc.qk_dim, ctx->scale, t->q, inst->ldq, t->k + j0 * a->k_strides.seq,
-                inst->ldk, 0.0f, ctx->scratch.scores, ATTN_TILE_K);
+                (int)ctx->desc.qk_dim, ctx->scale, t->q, t->ldq, t->k + j0 * a->k_strides.seq,
+                inst->ldk, 0.0f, t->w->scores, ATTN_TILE_K);
 }
 
-/* Row r's visible part of the key block [j0, j0 + n), relative to j0: [*a, *z). */
-void attn_task_row_span(const attn_ctx *ctx, int64_t r, int64_t j0, int64_t n, int64_t *a,
+void attn_task_row_span(const attn_task *t, int64_t r, int64_t j0, int64_t n, int64_t *a,
                         int64_t *z)
 {
-    int64_t lo = ctx->scratch.lo[r] - j0, hi = ctx->scratch.hi[r] - j0;
+    int64_t lo = t->w->lo[r] - j0, hi = t->w->hi[r] - j0;
     *a = lo < 0 ? 0 : lo > n ? n : lo;
     *z = hi < 0 ? 0 : hi > n ? n : hi;
 }
 
-static void online_block(attn_ctx *ctx, const attn_instance *inst, const attn_task *t,
-                         int64_t j0, int64_t n, int entropy)
+const float *attn_task_bias_row(const attn_instance *inst, const attn_task *t, int64_t r)
 {
     const attn_args *a = inst->args;
-    const attn_scratch *w = &ctx->scratch;
+    if (!a->bias)
+        return NULL;
+    return a->bias + t->b * a->bias_strides.batch + t->w->row_h[r] * a->bias_strides.head +
+           t->w->row_i[r] * a->bias_strides.seq;
+}
+
+const uint8_t *attn_task_mask_row(const attn_instance *inst, const attn_task *t, int64_t r)
+{
+    const attn_args *a = inst->args;
+    if (!a->mask)
+        return NULL;
+    return a->mask + t->b * a->mask_strides.batch + t->w->row_h[r] * a->mask_strides.head +
+           t->w->row_i[r] * a->mask_strides.seq;
+}
+
+/* ---- the online pass --------------------------------------------------------------------- */
+
+static void online_block(const attn_ctx *ctx, const attn_instance *inst, const attn_task *t,
+                         int64_t j0, int64_t n, attn_row_state *state, float *acc, int entropy)
+{
+    const attn_args *a = inst->args;
     int64_t dv = ctx->desc.v_dim;
+    float *scores = t->w->scores;
     attn_task_scores(ctx, inst, t, j0, n);
     for (int64_t r = 0; r < t->rows; r++) {
-        float *s = w->scores + r * ATTN_TILE_K;
+        float *s = scores + r * ATTN_TILE_K;
         int64_t lo, hi;
-        attn_task_row_span(ctx, r, j0, n, &lo, &hi);
+        attn_task_row_span(t, r, j0, n, &lo, &hi);
         if (lo >= hi) {
             memset(s, 0, (size_t)n * sizeof *s);
             continue;
         }
         memset(s, 0, (size_t)lo * sizeof *s);
         memset(s + hi, 0, (size_t)(n - hi) * sizeof *s);
-        const float *bias = t->bias ? t->bias + r * a->bias_strides.seq + j0 + lo : NULL;
-        const uint8_t *mask = t->mask ? t->mask + r * a->mask_strides.seq + j0 + lo : NULL;
-        float alpha = ctx->kernels->online_row(s + lo, (size_t)(hi - lo), bias, mask,
-                                               &w->state[r], entropy);
+        const float *bias = attn_task_bias_row(inst, t, r);
+        const uint8_t *mask = attn_task_mask_row(inst, t, r);
+        float alpha = ctx->kernels->online_row(s + lo, (size_t)(hi - lo), bias ? bias + j0 + lo : NULL,
+                                               mask ? mask + j0 + lo : NULL, &state[r], entropy);
         if (alpha != 1.0f) {
-            float *acc = w->acc + r * dv;
+            float *row = acc + r * dv;
             for (int64_t d = 0; d < dv; d++)
-                acc[d] *= alpha;
+                row[d] *= alpha;
         }
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)t->rows, (int)dv, (int)n, 1.0f,
-                w->scores, ATTN_TILE_K, t->v + j0 * a->v_strides.seq, inst->ldv, 1.0f, w->acc,
-                (int)dv);
+                scores, ATTN_TILE_K, t->v + j0 * a->v_strides.seq, inst->ldv, 1.0f, acc, (int)dv);
 }
 
-/* Normalises the accumulator into out and writes the optional per-row outputs. */
-static void finish_rows(const attn_ctx *ctx, const attn_instance *inst, const attn_task *t)
+/* Runs the online softmax of the task's rows over the keys [from, to) into state and acc. */
+static void online_range(const attn_ctx *ctx, const attn_instance *inst, const attn_task *t,
+                         int64_t from, int64_t to, attn_row_state *state, float *acc)
+{
+    for (int64_t r = 0; r < t->rows; r++)
+        state[r] = (attn_row_state){-INFINITY, 0.0f, 0.0f};
+    memset(acc, 0, (size_t)t->rows * ctx->desc.v_dim * sizeof(float));
+    int entropy = inst->args->entropy != NULL;
+    int64_t lo = from > t->klo ? from : t->klo, hi = to < t->khi ? to : t->khi;
+    for (int64_t j0 = lo; j0 < hi; j0 += ATTN_TILE_K) {
+        int64_t n = hi - j0 < ATTN_TILE_K ? hi - j0 : ATTN_TILE_K;
+        online_block(ctx, inst, t, j0, n, state, acc, entropy);
+    }
+}
+
+/* Normalises acc into out and writes the optional per-row outputs of rows (row_h, row_i). */
+static void finish_rows(const attn_ctx *ctx, const attn_instance *inst, int64_t b,
+                        const attn_scratch *w, int64_t rows, const attn_row_state *state,
+                        const float *acc)
 {
     const attn_args *a = inst->args;
-    const attn_scratch *w = &ctx->scratch;
     int64_t dv = ctx->desc.v_dim;
     int nan_rows = ctx->desc.masked_rows == ATTN_MASKED_ROWS_NAN;
-    for (int64_t r = 0; r < t->rows; r++) {
-        const attn_row_state *st = &w->state[r];
-        float *out = a->out + t->b * a->out_strides.batch + t->h * a->out_strides.head +
-                     (t->i0 + r) * a->out_strides.seq;
-        const float *acc = w->acc + r * dv;
-        int64_t row = (t->b * ctx->desc.q_heads + t->h) * a->q_len + t->i0 + r;
+    for (int64_t r = 0; r < rows; r++) {
+        const attn_row_state *st = &state[r];
+        int64_t h = w->row_h[r], i = w->row_i[r];
+        float *out = a->out + b * a->out_strides.batch + h * a->out_strides.head +
+                     i * a->out_strides.seq;
+        const float *row_acc = acc + r * dv;
+        int64_t row = (b * ctx->desc.q_heads + h) * a->q_len + i;
         if (st->l == 0.0f) { /* fully masked row */
             float fill = nan_rows ? NAN : 0.0f;
             for (int64_t d = 0; d < dv; d++)
@@ -115,34 +196,144 @@ static void finish_rows(const attn_ctx *ctx, const attn_instance *inst, const at
             continue;
         }
         for (int64_t d = 0; d < dv; d++)
-            out[d] = acc[d] / st->l;
+            out[d] = row_acc[d] / st->l;
         float log_l = logf(st->l);
         if (a->lse)
             a->lse[row] = st->m + log_l;
         if (a->entropy) {
-            float h = log_l - st->u / st->l;
-            a->entropy[row] = h > 0.0f ? h : 0.0f; /* rounding must not make it negative */
+            float ent = log_l - st->u / st->l;
+            a->entropy[row] = ent > 0.0f ? ent : 0.0f; /* rounding must not make it negative */
         }
     }
 }
 
-static void run_task(attn_ctx *ctx, const attn_instance *inst, int64_t b, int64_t h, int64_t i0)
+/* ---- blocks ------------------------------------------------------------------------------ */
+
+typedef struct forward_job {
+    attn_ctx *ctx;
+    const attn_instance *inst;
+    int64_t blocks;      /* query blocks per (batch, head) */
+    /* split keys */
+    int64_t group_rows;  /* rows of one kv head's group: group * q_len */
+    int64_t row_sets;    /* tasks per (batch, kv head): ceil(group_rows / ATTN_TILE_Q) */
+    int64_t chunks;      /* key chunks per row set */
+    int64_t first_item;  /* first item of the current wave */
+} forward_job;
+
+/* One (batch, head, block) task; the block order is reversed so that under a causal mask the
+ * most expensive blocks are handed out first. */
+static void run_block(const forward_job *job, unsigned thread, int64_t b, int64_t h, int64_t qb)
 {
-    const attn_args *a = inst->args;
+    attn_ctx *ctx = job->ctx;
+    attn_scratch *w = &ctx->scratch[thread];
     attn_task t;
-    attn_task_init(ctx, inst, &t, b, h, i0);
-    for (int64_t r = 0; r < t.rows; r++)
-        ctx->scratch.state[r] = (attn_row_state){-INFINITY, 0.0f, 0.0f};
-    memset(ctx->scratch.acc, 0, (size_t)t.rows * ctx->desc.v_dim * sizeof(float));
-    int entropy = a->entropy != NULL;
-    for (int64_t j0 = t.klo; j0 < t.khi; j0 += ATTN_TILE_K) {
-        int64_t n = t.khi - j0 < ATTN_TILE_K ? t.khi - j0 : ATTN_TILE_K;
-        online_block(ctx, inst, &t, j0, n, entropy);
-    }
-    finish_rows(ctx, inst, &t);
-    if (a->weights_mode != ATTN_WEIGHTS_NONE)
-        attn_write_weights(ctx, inst, &t);
+    attn_task_block(ctx, job->inst, w, &t, b, h, qb * ATTN_TILE_Q);
+    online_range(ctx, job->inst, &t, 0, job->inst->args->kv_len, w->state, w->acc);
+    finish_rows(ctx, job->inst, b, w, t.rows, w->state, w->acc);
+    if (job->inst->args->weights_mode != ATTN_WEIGHTS_NONE)
+        attn_write_weights(ctx, job->inst, &t);
 }
+
+static void block_item(void *arg, int64_t item, unsigned thread)
+{
+    const forward_job *job = arg;
+    int64_t H = job->ctx->desc.q_heads, nb = job->blocks;
+    int64_t b = item / (H * nb), rest = item % (H * nb);
+    run_block(job, thread, b, rest / nb, nb - 1 - rest % nb);
+}
+
+/* Head-mean weights sum the heads of a block into one buffer: one task per (batch, block)
+ * visits its heads in order, so that sum has a fixed order too. */
+static void block_all_heads_item(void *arg, int64_t item, unsigned thread)
+{
+    const forward_job *job = arg;
+    int64_t nb = job->blocks, b = item / nb, qb = nb - 1 - item % nb;
+    for (int64_t h = 0; h < job->ctx->desc.q_heads; h++)
+        run_block(job, thread, b, h, qb);
+}
+
+/* ---- split keys -------------------------------------------------------------------------- */
+
+/* Item = (batch, kv head, row set, chunk), chunk fastest. */
+static void split_item(void *arg, int64_t k, unsigned thread)
+{
+    const forward_job *job = arg;
+    attn_ctx *ctx = job->ctx;
+    int64_t item = job->first_item + k;
+    int64_t chunk = item % job->chunks, set = item / job->chunks;
+    int64_t rs = set % job->row_sets, bg = set / job->row_sets;
+    int64_t b = bg / ctx->desc.kv_heads, g = bg % ctx->desc.kv_heads;
+    int64_t first = rs * ATTN_TILE_Q, rest = job->group_rows - first;
+    attn_task t;
+    attn_task_group(ctx, job->inst, &ctx->scratch[thread], &t, b, g, first,
+                    rest < ATTN_TILE_Q ? rest : ATTN_TILE_Q);
+    attn_partial *slot = &ctx->slots[k];
+    online_range(ctx, job->inst, &t, chunk * ATTN_SPLIT_KEYS, (chunk + 1) * ATTN_SPLIT_KEYS,
+                 slot->state, slot->acc);
+}
+
+/* carry = carry (+) part for `rows` rows, the two-way case of the online softmax update. */
+static void fold_partial(attn_partial *carry, const attn_partial *part, int64_t rows, int64_t dv)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        attn_row_state *c = &carry->state[r];
+        const attn_row_state *p = &part->state[r];
+        float *ca = carry->acc + r * dv;
+        const float *pa = part->acc + r * dv;
+        if (p->l == 0.0f) /* the chunk saw no key of this row */
+            continue;
+        if (c->l == 0.0f) {
+            *c = *p;
+            memcpy(ca, pa, (size_t)dv * sizeof *ca);
+            continue;
+        }
+        float m = c->m > p->m ? c->m : p->m;
+        float ac = expf(c->m - m), ap = expf(p->m - m);
+        for (int64_t d = 0; d < dv; d++)
+            ca[d] = ac * ca[d] + ap * pa[d];
+        c->u = ac * (c->u + (c->m - m) * c->l) + ap * (p->u + (p->m - m) * p->l);
+        c->l = ac * c->l + ap * p->l;
+        c->m = m;
+    }
+}
+
+static void run_split(forward_job *job)
+{
+    attn_ctx *ctx = job->ctx;
+    const attn_args *a = job->inst->args;
+    int64_t dv = ctx->desc.v_dim;
+    job->group_rows = (int64_t)ctx->group * a->q_len;
+    job->row_sets = (job->group_rows + ATTN_TILE_Q - 1) / ATTN_TILE_Q;
+    job->chunks = ((int64_t)a->kv_len + ATTN_SPLIT_KEYS - 1) / ATTN_SPLIT_KEYS;
+    int64_t total = (int64_t)a->batch * ctx->desc.kv_heads * job->row_sets * job->chunks;
+    attn_scratch *w0 = &ctx->scratch[0];
+    /* Waves of as many chunks as there are slots; the fold walks each row set's chunks in
+     * order, carrying a row set that spans two waves, so wave boundaries change nothing. */
+    for (int64_t first = 0; first < total; first += ctx->nslots) {
+        int64_t n = total - first < ctx->nslots ? total - first : ctx->nslots;
+        job->first_item = first;
+        attn_pool_run(&ctx->pool, split_item, job, n);
+        for (int64_t k = 0; k < n; k++) {
+            int64_t item = first + k;
+            int64_t chunk = item % job->chunks, set = item / job->chunks;
+            int64_t rs = set % job->row_sets, bg = set / job->row_sets;
+            int64_t rows = job->group_rows - rs * ATTN_TILE_Q;
+            rows = rows < ATTN_TILE_Q ? rows : ATTN_TILE_Q;
+            if (chunk == 0) {
+                for (int64_t r = 0; r < rows; r++)
+                    ctx->carry.state[r] = (attn_row_state){-INFINITY, 0.0f, 0.0f};
+            }
+            fold_partial(&ctx->carry, &ctx->slots[k], rows, dv);
+            if (chunk == job->chunks - 1) {
+                group_rows(ctx, job->inst, w0, bg % ctx->desc.kv_heads, rs * ATTN_TILE_Q, rows);
+                finish_rows(ctx, job->inst, bg / ctx->desc.kv_heads, w0, rows, ctx->carry.state,
+                            ctx->carry.acc);
+            }
+        }
+    }
+}
+
+/* ---- entry point ------------------------------------------------------------------------- */
 
 attn_status attn_forward(attn_ctx *ctx, const attn_args *args)
 {
@@ -152,21 +343,24 @@ attn_status attn_forward(attn_ctx *ctx, const attn_args *args)
     attn_status st = attn_validate_args(ctx, args, &inst);
     if (st != ATTN_OK)
         return st;
-    int64_t H = ctx->desc.q_heads;
-    /* The head mean sums heads into one buffer: visit the heads of a query block in order so the
-     * sum has one fixed order. Otherwise stay on one head so its K and V stay in cache. */
-    int head_inner = args->weights_mode == ATTN_WEIGHTS_HEAD_MEAN;
-    for (int64_t b = 0; b < args->batch; b++) {
-        if (head_inner) {
-            for (int64_t i0 = 0; i0 < args->q_len; i0 += ATTN_TILE_Q)
-                for (int64_t h = 0; h < H; h++)
-                    run_task(ctx, &inst, b, h, i0);
-        } else {
-            for (int64_t h = 0; h < H; h++)
-                for (int64_t i0 = 0; i0 < args->q_len; i0 += ATTN_TILE_Q)
-                    run_task(ctx, &inst, b, h, i0);
-        }
+    forward_job job = {ctx, &inst, (args->q_len + ATTN_TILE_Q - 1) / ATTN_TILE_Q, 0, 0, 0, 0};
+    /* Every tile product runs single-threaded, also with one libattn thread: a threaded BLAS
+     * partitions a product differently and rounds differently, and results must not depend on
+     * the thread count. */
+    int serial_blas = !(ctx->desc.flags & ATTN_BLAS_THREADS_UNTOUCHED);
+    if (serial_blas)
+        attn_blas_serial_enter();
+    if (args->q_len <= ATTN_SPLIT_MAX_QUERIES && args->kv_len >= ATTN_SPLIT_MIN_KEYS &&
+        args->weights_mode == ATTN_WEIGHTS_NONE) {
+        run_split(&job);
+    } else if (args->weights_mode == ATTN_WEIGHTS_HEAD_MEAN) {
+        attn_pool_run(&ctx->pool, block_all_heads_item, &job, args->batch * job.blocks);
+    } else {
+        attn_pool_run(&ctx->pool, block_item, &job,
+                      (int64_t)args->batch * ctx->desc.q_heads * job.blocks);
     }
+    if (serial_blas)
+        attn_blas_serial_leave();
     attn_clear_error(ctx);
     return ATTN_OK;
 }

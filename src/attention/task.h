@@ -1,28 +1,41 @@
-/* One task of the forward pass: up to ATTN_TILE_Q query rows of one (batch, head). */
+/*
+ * One task of the forward pass: up to ATTN_TILE_Q query rows that share a batch and a kv head,
+ * computed by one thread in its own scratch. Either consecutive positions of one query head
+ * (read in place through Q's strides) or, on the split-key path, every (query head, position)
+ * of a kv head's group (gathered into scratch so they form one matrix and K/V are read once).
+ */
 #ifndef ATTN_ATTENTION_TASK_H
 #define ATTN_ATTENTION_TASK_H
 
 #include "attention/instance.h"
 
 typedef struct attn_task {
-    int64_t b, h, i0, rows;  /* batch, query head, first query row, number of rows */
+    attn_scratch *w;         /* the running thread's scratch; w->row_h / row_i describe rows */
+    int64_t b, g, rows;      /* batch, kv head, number of rows */
     int64_t klo, khi;        /* union of the rows' visible key intervals */
-    const float *q;          /* first query row of the block */
-    const float *k, *v;      /* key / value row 0 of the block's kv head */
-    const float *bias;       /* bias row of the first query row, or NULL */
-    const uint8_t *mask;     /* mask row of the first query row, or NULL */
+    const float *q;          /* row 0 of the query matrix */
+    int ldq;                 /* its leading dimension */
+    const float *k, *v;      /* key / value row 0 of the kv head */
 } attn_task;
 
-/* Sets up the task and the rows' visible intervals in ctx->scratch.lo / hi. */
-void attn_task_init(const attn_ctx *ctx, const attn_instance *inst, attn_task *t, int64_t b,
-                    int64_t h, int64_t i0);
+/* Rows i0 .. i0+rows-1 of query head h (rows = min(ATTN_TILE_Q, q_len - i0)). */
+void attn_task_block(const attn_ctx *ctx, const attn_instance *inst, attn_scratch *w,
+                     attn_task *t, int64_t b, int64_t h, int64_t i0);
 
-/* ctx->scratch.scores[r][0..n) = scale * q_r . k_{j0 + c} for the task's rows. */
+/* Rows first .. first+rows-1 of kv head g's group, numbered (head - g*group) * q_len + i. */
+void attn_task_group(const attn_ctx *ctx, const attn_instance *inst, attn_scratch *w,
+                     attn_task *t, int64_t b, int64_t g, int64_t first, int64_t rows);
+
+/* t->w->scores[r][0..n) = scale * q_r . k_{j0 + c} for the task's rows. */
 void attn_task_scores(const attn_ctx *ctx, const attn_instance *inst, const attn_task *t,
                       int64_t j0, int64_t n);
 
 /* Row r's visible part of the key block [j0, j0 + n), relative to j0: [*a, *z). */
-void attn_task_row_span(const attn_ctx *ctx, int64_t r, int64_t j0, int64_t n, int64_t *a,
+void attn_task_row_span(const attn_task *t, int64_t r, int64_t j0, int64_t n, int64_t *a,
                         int64_t *z);
+
+/* Bias and mask row of task row r (NULL when absent). */
+const float *attn_task_bias_row(const attn_instance *inst, const attn_task *t, int64_t r);
+const uint8_t *attn_task_mask_row(const attn_instance *inst, const attn_task *t, int64_t r);
 
 #endif

@@ -11,4 +11,14 @@
 #define ATTN_TILE_Q 64
 #define ATTN_TILE_K 256
 
+/*
+ * The split-key path, for decoding-like shapes: at most ATTN_SPLIT_MAX_QUERIES queries and at
+ * least ATTN_SPLIT_MIN_KEYS keys. Chunks of ATTN_SPLIT_KEYS keys (two key tiles: 512 keys of a
+ * 128-wide head are 256 KiB of K and 256 KiB of V, streamed once) are enough work per item to
+ * hide the hand-out cost, and a 4k-key sequence still splits into 8 independent pieces.
+ */
+#define ATTN_SPLIT_MAX_QUERIES 16
+#define ATTN_SPLIT_MIN_KEYS 512
+#define ATTN_SPLIT_KEYS 512
+
 #endif

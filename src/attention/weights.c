@@ -14,12 +14,13 @@ static void fill(float *dst, int64_t n, float value, int accumulate)
 void attn_write_weights(attn_ctx *ctx, const attn_instance *inst, const attn_task *t)
 {
     const attn_args *a = inst->args;
-    const attn_scratch *w = &ctx->scratch;
+    const attn_scratch *w = t->w;
     int64_t Lk = a->kv_len, H = ctx->desc.q_heads;
+    int64_t h = w->row_h[0], i0 = w->row_i[0]; /* a block task: one head, consecutive rows */
     int mean = a->weights_mode == ATTN_WEIGHTS_HEAD_MEAN;
-    int accumulate = mean && t->h > 0;
+    int accumulate = mean && h > 0;
     float masked = ctx->desc.masked_rows == ATTN_MASKED_ROWS_NAN ? NAN : 0.0f;
-    int64_t first_row = mean ? t->b * a->q_len + t->i0 : (t->b * H + t->h) * a->q_len + t->i0;
+    int64_t first_row = mean ? t->b * a->q_len + i0 : (t->b * H + h) * a->q_len + i0;
     float *base = a->weights + first_row * Lk;
 
     /* Keys no row of the task can see, and rows that see no key at all. */
@@ -44,7 +45,7 @@ void attn_write_weights(attn_ctx *ctx, const attn_instance *inst, const attn_tas
             float *dst = base + r * Lk + j0;
             const float *s = w->scores + r * ATTN_TILE_K;
             int64_t lo, hi;
-            attn_task_row_span(ctx, r, j0, n, &lo, &hi);
+            attn_task_row_span(t, r, j0, n, &lo, &hi);
             if (lo >= hi) {
                 if (!accumulate)
                     memset(dst, 0, (size_t)n * sizeof *dst);
@@ -54,13 +55,14 @@ void attn_write_weights(attn_ctx *ctx, const attn_instance *inst, const attn_tas
                 memset(dst, 0, (size_t)lo * sizeof *dst);
                 memset(dst + hi, 0, (size_t)(n - hi) * sizeof *dst);
             }
-            const float *bias = t->bias ? t->bias + r * a->bias_strides.seq + j0 + lo : NULL;
-            const uint8_t *mask = t->mask ? t->mask + r * a->mask_strides.seq + j0 + lo : NULL;
-            ctx->kernels->probs_row(s + lo, (size_t)(hi - lo), bias, mask, st->m, st->l,
-                                    dst + lo, accumulate);
+            const float *bias = attn_task_bias_row(inst, t, r);
+            const uint8_t *mask = attn_task_mask_row(inst, t, r);
+            ctx->kernels->probs_row(s + lo, (size_t)(hi - lo), bias ? bias + j0 + lo : NULL,
+                                    mask ? mask + j0 + lo : NULL, st->m, st->l, dst + lo,
+                                    accumulate);
         }
     }
-    if (mean && t->h == H - 1) {
+    if (mean && h == H - 1) {
         float heads = (float)H;
         for (int64_t r = 0; r < t->rows; r++) {
             float *row = base + r * Lk;

@@ -24,6 +24,7 @@ void attn_desc_init(attn_desc *desc)
     desc->window_right = -1;
     desc->masked_rows = ATTN_MASKED_ROWS_ZERO;
     desc->allocator = NULL;
+    desc->threads = 0;
 }
 
 static size_t align_up(size_t n)
@@ -31,21 +32,54 @@ static size_t align_up(size_t n)
     return (n + ATTN_WORKSPACE_ALIGN - 1) & ~(size_t)(ATTN_WORKSPACE_ALIGN - 1);
 }
 
-/* Byte offsets of the context struct and its scratch arrays inside one block. */
+/* Threads a descriptor asks for: its own count, or every processor this process may use. */
+static unsigned resolve_threads(const attn_desc *d)
+{
+    unsigned n = d->threads ? d->threads : attn_available_cpus();
+    return n > ATTN_MAX_THREADS ? ATTN_MAX_THREADS : n;
+}
+
+/* Split-key partials: enough per thread that a wave of chunks keeps every thread busy for a
+ * while between two synchronisations, within a memory budget. The count does not affect
+ * results (see forward.c), only how often the threads meet. */
+#define SLOTS_PER_THREAD 16
+#define SLOTS_BUDGET ((size_t)4 << 20)
+
+/* Byte sizes of the pieces of one block: the context struct, per-thread scratch, the pool's
+ * worker records, the split-key partials. Bounded by ATTN_MAX_HEAD_DIM and ATTN_MAX_THREADS,
+ * so nothing here can overflow size_t. */
 typedef struct ws_layout {
-    size_t scores, acc, state, lo, hi, total;
+    unsigned threads, nslots;
+    size_t scratch_array, workers, slot_array, per_thread, per_slot, total;
+    /* offsets inside one thread's scratch */
+    size_t scores, acc, qrows, state, lo, hi, row_h, row_i;
 } ws_layout;
 
-/* Sizes are bounded by ATTN_MAX_HEAD_DIM, so nothing here can overflow size_t. */
 static ws_layout layout_of(const attn_desc *d)
 {
     ws_layout w;
-    w.scores = align_up(sizeof(struct attn_ctx));
-    w.acc = w.scores + align_up(sizeof(float) * ATTN_TILE_Q * ATTN_TILE_K);
-    w.state = w.acc + align_up(sizeof(float) * ATTN_TILE_Q * (size_t)d->v_dim);
-    w.lo = w.state + align_up(sizeof(attn_row_state) * ATTN_TILE_Q);
-    w.hi = w.lo + align_up(sizeof(int64_t) * ATTN_TILE_Q);
-    w.total = w.hi + align_up(sizeof(int64_t) * ATTN_TILE_Q);
+    size_t tq = ATTN_TILE_Q;
+    w.threads = resolve_threads(d);
+    w.scores = 0;
+    w.acc = w.scores + align_up(sizeof(float) * tq * ATTN_TILE_K);
+    w.qrows = w.acc + align_up(sizeof(float) * tq * d->v_dim);
+    w.state = w.qrows + align_up(sizeof(float) * tq * d->qk_dim);
+    w.lo = w.state + align_up(sizeof(attn_row_state) * tq);
+    w.hi = w.lo + align_up(sizeof(int64_t) * tq);
+    w.row_h = w.hi + align_up(sizeof(int64_t) * tq);
+    w.row_i = w.row_h + align_up(sizeof(int64_t) * tq);
+    w.per_thread = w.row_i + align_up(sizeof(int64_t) * tq);
+    w.per_slot = align_up(sizeof(float) * tq * d->v_dim) + align_up(sizeof(attn_row_state) * tq);
+    w.nslots = SLOTS_PER_THREAD * w.threads;
+    if ((size_t)w.nslots * w.per_slot > SLOTS_BUDGET)
+        w.nslots = (unsigned)(SLOTS_BUDGET / w.per_slot);
+    if (w.nslots == 0)
+        w.nslots = 1;
+    w.scratch_array = align_up(sizeof(attn_scratch) * w.threads);
+    w.workers = align_up(sizeof(attn_pool_worker) * w.threads);
+    w.slot_array = align_up(sizeof(attn_partial) * w.nslots);
+    w.total = align_up(sizeof(struct attn_ctx)) + w.scratch_array + w.workers + w.slot_array +
+              w.per_thread * w.threads + w.per_slot * (w.nslots + 1);
     return w;
 }
 
@@ -76,9 +110,10 @@ static attn_status validate_desc(const attn_desc *d)
                          d->v_dim, ATTN_MAX_HEAD_DIM);
     if (!isfinite(d->scale))
         return attn_fail(NULL, ATTN_ERR_SCALE, "desc->scale = %g is not finite", (double)d->scale);
-    if (d->flags & ~ATTN_CAUSAL)
+    const uint32_t known = ATTN_CAUSAL | ATTN_BLAS_THREADS_UNTOUCHED;
+    if (d->flags & ~known)
         return attn_fail(NULL, ATTN_ERR_BAD_OPTION, "desc->flags = 0x%x has unknown bits 0x%x",
-                         d->flags, d->flags & ~ATTN_CAUSAL);
+                         d->flags, d->flags & ~known);
     if (d->window_left < -1 || d->window_left > ATTN_MAX_DISTANCE)
         return attn_fail(NULL, ATTN_ERR_WINDOW,
                          "desc->window_left = %lld is outside [-1, %lld]",
@@ -90,6 +125,9 @@ static attn_status validate_desc(const attn_desc *d)
     if (d->masked_rows != ATTN_MASKED_ROWS_ZERO && d->masked_rows != ATTN_MASKED_ROWS_NAN)
         return attn_fail(NULL, ATTN_ERR_BAD_OPTION, "desc->masked_rows = %d is not an attn_masked_rows",
                          (int)d->masked_rows);
+    if (d->threads > ATTN_MAX_THREADS)
+        return attn_fail(NULL, ATTN_ERR_LIMIT, "desc->threads = %u exceeds ATTN_MAX_THREADS = %u",
+                         d->threads, ATTN_MAX_THREADS);
     if (d->allocator && (!d->allocator->alloc || !d->allocator->free))
         return attn_fail(NULL, ATTN_ERR_NULL_POINTER, "desc->allocator has a NULL %s function",
                          d->allocator->alloc ? "free" : "alloc");
@@ -103,13 +141,15 @@ size_t attn_workspace_size(const attn_desc *desc)
     return layout_of(desc).total;
 }
 
-/* Builds the context inside `block` (already sized and aligned by the caller). */
+/* Builds the context inside `block` (already sized and aligned by the caller) and starts its
+ * workers. Returns NULL if a worker could not be started. */
 static attn_ctx *init_in_block(const attn_desc *desc, void *block, int owns_memory)
 {
     ws_layout w = layout_of(desc);
-    char *base = block;
-    memset(block, 0, w.scores);
+    char *p = block;
+    memset(block, 0, align_up(sizeof(struct attn_ctx)));
     attn_ctx *ctx = block;
+    p += align_up(sizeof(struct attn_ctx));
     ctx->desc = *desc;
     ctx->desc.allocator = NULL;
     if (desc->allocator)
@@ -118,12 +158,34 @@ static attn_ctx *init_in_block(const attn_desc *desc, void *block, int owns_memo
     ctx->block = block;
     ctx->scale = desc->scale != 0.0f ? desc->scale : 1.0f / sqrtf((float)desc->qk_dim);
     ctx->group = desc->q_heads / desc->kv_heads;
+    ctx->threads = w.threads;
     ctx->kernels = attn_dispatch_kernels();
-    ctx->scratch.scores = (float *)(void *)(base + w.scores);
-    ctx->scratch.acc = (float *)(void *)(base + w.acc);
-    ctx->scratch.state = (attn_row_state *)(void *)(base + w.state);
-    ctx->scratch.lo = (int64_t *)(void *)(base + w.lo);
-    ctx->scratch.hi = (int64_t *)(void *)(base + w.hi);
+    ctx->scratch = (attn_scratch *)(void *)p;
+    p += w.scratch_array;
+    attn_pool_worker *workers = (attn_pool_worker *)(void *)p;
+    p += w.workers;
+    ctx->slots = (attn_partial *)(void *)p;
+    ctx->nslots = w.nslots;
+    p += w.slot_array;
+    for (unsigned t = 0; t < w.threads; t++, p += w.per_thread) {
+        attn_scratch *s = &ctx->scratch[t];
+        s->scores = (float *)(void *)(p + w.scores);
+        s->acc = (float *)(void *)(p + w.acc);
+        s->qrows = (float *)(void *)(p + w.qrows);
+        s->state = (attn_row_state *)(void *)(p + w.state);
+        s->lo = (int64_t *)(void *)(p + w.lo);
+        s->hi = (int64_t *)(void *)(p + w.hi);
+        s->row_h = (int64_t *)(void *)(p + w.row_h);
+        s->row_i = (int64_t *)(void *)(p + w.row_i);
+    }
+    size_t acc_bytes = align_up(sizeof(float) * ATTN_TILE_Q * desc->v_dim);
+    for (unsigned i = 0; i <= w.nslots; i++, p += w.per_slot) {
+        attn_partial *slot = i < w.nslots ? &ctx->slots[i] : &ctx->carry;
+        slot->acc = (float *)(void *)p;
+        slot->state = (attn_row_state *)(void *)(p + acc_bytes);
+    }
+    if (attn_pool_start(&ctx->pool, w.threads, workers) != 0)
+        return NULL;
     return ctx;
 }
 
@@ -148,7 +210,16 @@ attn_status attn_create(const attn_desc *desc, attn_ctx **out_ctx)
     if (!block)
         return attn_fail(NULL, ATTN_ERR_NO_MEMORY, "allocating the %zu-byte workspace failed",
                          total);
-    *out_ctx = init_in_block(desc, block, 1);
+    attn_ctx *ctx = init_in_block(desc, block, 1);
+    if (!ctx) {
+        if (desc->allocator)
+            desc->allocator->free(desc->allocator->user, block);
+        else
+            free(block);
+        return attn_fail(NULL, ATTN_ERR_THREADS, "starting %u worker threads failed",
+                         resolve_threads(desc) - 1);
+    }
+    *out_ctx = ctx;
     return ATTN_OK;
 }
 
@@ -172,13 +243,20 @@ attn_status attn_create_static(const attn_desc *desc, void *workspace, size_t wo
         return attn_fail(NULL, ATTN_ERR_WORKSPACE_SIZE,
                          "workspace_size = %zu is below attn_workspace_size(desc) = %zu",
                          workspace_size, total);
-    *out_ctx = init_in_block(desc, workspace, 0);
+    attn_ctx *ctx = init_in_block(desc, workspace, 0);
+    if (!ctx)
+        return attn_fail(NULL, ATTN_ERR_THREADS, "starting %u worker threads failed",
+                         resolve_threads(desc) - 1);
+    *out_ctx = ctx;
     return ATTN_OK;
 }
 
 void attn_destroy(attn_ctx *ctx)
 {
-    if (!ctx || !ctx->owns_memory)
+    if (!ctx)
+        return;
+    attn_pool_stop(&ctx->pool);
+    if (!ctx->owns_memory)
         return;
     void *block = ctx->block;
     if (ctx->allocator.free)

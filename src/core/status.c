@@ -27,6 +27,7 @@ const char *attn_status_str(attn_status status)
     case ATTN_ERR_WORKSPACE_SIZE: return "ATTN_ERR_WORKSPACE_SIZE: the workspace is too small";
     case ATTN_ERR_WORKSPACE_ALIGN: return "ATTN_ERR_WORKSPACE_ALIGN: the workspace is misaligned";
     case ATTN_ERR_NO_MEMORY: return "ATTN_ERR_NO_MEMORY: the allocator returned NULL";
+    case ATTN_ERR_THREADS: return "ATTN_ERR_THREADS: a worker thread could not be started";
     }
     return "unknown status";
 }

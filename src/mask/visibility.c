@@ -2,12 +2,12 @@
 #include "mask/visibility.h"
 
 /* Positions are bounded by ATTN_MAX_DISTANCE and 32-bit lengths, so these sums fit in int64. */
-void attn_visible_rows(const attn_visibility *vis, int64_t keys, int64_t i0, int64_t rows,
-                       int64_t *lo, int64_t *hi, int64_t *klo, int64_t *khi)
+void attn_visible_rows(const attn_visibility *vis, int64_t keys, const int64_t *row_i,
+                       int64_t rows, int64_t *lo, int64_t *hi, int64_t *klo, int64_t *khi)
 {
     int64_t union_lo = keys, union_hi = 0;
     for (int64_t r = 0; r < rows; r++) {
-        int64_t pos = i0 + r + vis->q_offset;
+        int64_t pos = row_i[r] + vis->q_offset;
         int64_t a = 0, z = keys;
         if (vis->causal && pos + 1 < z)
             z = pos + 1;

@@ -17,11 +17,11 @@ typedef struct attn_visibility {
 } attn_visibility;
 
 /*
- * For query rows i0 .. i0 + rows - 1 with `keys` keys available (kv_len, or kv_lens[b]):
- * lo[r] .. hi[r] - 1 are the keys row i0 + r may see (lo[r] >= hi[r]: none). Returns the union
+ * For the query positions row_i[0 .. rows-1] with `keys` keys available (kv_len, or kv_lens[b]):
+ * lo[r] .. hi[r] - 1 are the keys row r may see (lo[r] >= hi[r]: none). Returns the union
  * [*klo, *khi) over the rows, empty (*klo == *khi == 0) when no row sees any key.
  */
-void attn_visible_rows(const attn_visibility *vis, int64_t keys, int64_t i0, int64_t rows,
-                       int64_t *lo, int64_t *hi, int64_t *klo, int64_t *khi);
+void attn_visible_rows(const attn_visibility *vis, int64_t keys, const int64_t *row_i,
+                       int64_t rows, int64_t *lo, int64_t *hi, int64_t *klo, int64_t *khi);
 
 #endif
