@@ -343,8 +343,9 @@ static void test_counting_allocator(void **state)
     assert_int_equal(attn_create(&d, &ctx), ATTN_OK);
     assert_int_equal(c.allocs, 1);
     assert_int_equal(c.bytes, attn_workspace_size(&d));
-    print_message("workspace for qk_dim = v_dim = 64: %zu bytes\n", c.bytes);
-    assert_true(c.bytes < (1u << 20));
+    print_message("workspace for qk_dim = v_dim = 64 on %s threads: %zu bytes\n",
+                  "all available", c.bytes);
+    assert_true(c.bytes <= (8u << 20)); /* the bound promised for 64k-token problems */
 
     enum { L = 65536 };
     float *q = xcalloc((size_t)L * 64, sizeof(float)), *out = xcalloc((size_t)L * 64, sizeof(float));

@@ -1,9 +1,9 @@
 /*
  * The forward driver. Work is split into tasks of up to ATTN_TILE_Q query rows sharing a batch
  * and a kv head. A task streams its visible key range ATTN_TILE_K keys at a time:
- *   S = scale * Q_blk K_blkᵀ            (cblas_sgemm)
+ *   S = scale * Q_blk K_blkᵀ            (cblas_sgemm; cblas_sgemv for a single row)
  *   per row: bias, mask, running max, exp, running sum, rescale of the accumulator (kernel)
- *   Acc += P V_blk                      (cblas_sgemm)
+ *   Acc += P V_blk                      (cblas_sgemm; cblas_sgemv for a single row)
  * and divides by the running sum once at the end (deferred normalisation). Keys outside the
  * union of the rows' structured intervals are never touched.
  *
@@ -91,9 +91,15 @@ void attn_task_scores(const attn_ctx *ctx, const attn_instance *inst, const attn
                       int64_t j0, int64_t n)
 {
     const attn_args *a = inst->args;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)t->rows, (int)n,
-                (int)ctx->desc.qk_dim, ctx->scale, t->q, t->ldq, t->k + j0 * a->k_strides.seq,
-                inst->ldk, 0.0f, t->w->scores, ATTN_TILE_K);
+    /* A single query row is a matrix-vector product: the BLAS's sgemv streams K once, where
+     * sgemm would first copy it into a packed panel (half the speed on decoding shapes). */
+    if (t->rows == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)n, (int)ctx->desc.qk_dim, ctx->scale,
+                    t->k + j0 * a->k_strides.seq, inst->ldk, t->q, 1, 0.0f, t->w->scores, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)t->rows, (int)n,
+                    (int)ctx->desc.qk_dim, ctx->scale, t->q, t->ldq, t->k + j0 * a->k_strides.seq,
+                    inst->ldk, 0.0f, t->w->scores, ATTN_TILE_K);
 }
 
 void attn_task_row_span(const attn_task *t, int64_t r, int64_t j0, int64_t n, int64_t *a,
@@ -151,8 +157,13 @@ static void online_block(const attn_ctx *ctx, const attn_instance *inst, const a
                 row[d] *= alpha;
         }
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)t->rows, (int)dv, (int)n, 1.0f,
-                scores, ATTN_TILE_K, t->v + j0 * a->v_strides.seq, inst->ldv, 1.0f, acc, (int)dv);
+    if (t->rows == 1) /* see attn_task_scores */
+        cblas_sgemv(CblasRowMajor, CblasTrans, (int)n, (int)dv, 1.0f, t->v + j0 * a->v_strides.seq,
+                    inst->ldv, scores, 1, 1.0f, acc, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)t->rows, (int)dv, (int)n,
+                    1.0f, scores, ATTN_TILE_K, t->v + j0 * a->v_strides.seq, inst->ldv, 1.0f, acc,
+                    (int)dv);
 }
 
 /* Runs the online softmax of the task's rows over the keys [from, to) into state and acc. */

@@ -42,7 +42,7 @@ static unsigned resolve_threads(const attn_desc *d)
 /* Split-key partials: enough per thread that a wave of chunks keeps every thread busy for a
  * while between two synchronisations, within a memory budget. The count does not affect
  * results (see forward.c), only how often the threads meet. */
-#define SLOTS_PER_THREAD 16
+#define SLOTS_PER_THREAD 64
 #define SLOTS_BUDGET ((size_t)4 << 20)
 
 /* Byte sizes of the pieces of one block: the context struct, per-thread scratch, the pool's

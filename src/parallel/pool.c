@@ -1,10 +1,45 @@
-/* The worker pool: one mutex and two condition variables; items come from an atomic counter,
- * so a job costs one wake-up and one completion signal per worker, not one per item. */
+/* The worker pool: items come from an atomic counter, so a job costs one hand-over per worker,
+ * not one per item. Between jobs a worker spins for SPIN_NS before it blocks on a condition
+ * variable: jobs that follow each other closely (the waves of the split-key path) then cost no
+ * wake-up, and an idle pool costs no CPU. */
 #define _GNU_SOURCE
 #include <sched.h>
+#include <time.h>
 #include <unistd.h>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cpu_relax() _mm_pause()
+#else
+#define cpu_relax() ((void)0)
+#endif
+
 #include "parallel/pool.h"
+
+#define SPIN_NS 100000 /* 100 us */
+
+static int64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* Spins until cond(p) holds or SPIN_NS passed; returns whether it holds. */
+#define SPIN_UNTIL(cond)                                                                           \
+    do {                                                                                           \
+        int64_t spin_end_ = 0;                                                                     \
+        for (unsigned spin_i_ = 0; !(cond); spin_i_++) {                                           \
+            cpu_relax();                                                                           \
+            if ((spin_i_ & 63) == 63) {                                                            \
+                int64_t t_ = now_ns();                                                             \
+                if (!spin_end_)                                                                    \
+                    spin_end_ = t_ + SPIN_NS;                                                      \
+                else if (t_ > spin_end_)                                                           \
+                    break;                                                                         \
+            }                                                                                      \
+        }                                                                                          \
+    } while (0)
 
 static void run_items(attn_pool *p, attn_item_fn fn, void *job, int64_t items, unsigned thread)
 {
@@ -21,23 +56,24 @@ static void *worker_main(void *arg)
     attn_pool_worker *w = arg;
     attn_pool *p = w->pool;
     uint64_t seen = 0;
-    pthread_mutex_lock(&p->lock);
     for (;;) {
-        while (p->generation == seen && !p->stop)
-            pthread_cond_wait(&p->wake, &p->lock);
-        if (p->stop)
-            break;
-        seen = p->generation;
-        attn_item_fn fn = p->fn;
-        void *job = p->job;
-        int64_t items = p->items;
-        pthread_mutex_unlock(&p->lock);
-        run_items(p, fn, job, items, w->index);
+        SPIN_UNTIL(atomic_load_explicit(&p->generation, memory_order_acquire) != seen ||
+                   atomic_load_explicit(&p->stop, memory_order_relaxed));
         pthread_mutex_lock(&p->lock);
-        if (--p->busy == 0)
+        while (atomic_load_explicit(&p->generation, memory_order_acquire) == seen &&
+               !atomic_load_explicit(&p->stop, memory_order_relaxed))
+            pthread_cond_wait(&p->wake, &p->lock);
+        pthread_mutex_unlock(&p->lock);
+        if (atomic_load_explicit(&p->stop, memory_order_relaxed))
+            break;
+        seen = atomic_load_explicit(&p->generation, memory_order_acquire);
+        run_items(p, p->fn, p->job, p->items, w->index);
+        if (atomic_fetch_sub_explicit(&p->busy, 1, memory_order_acq_rel) == 1) {
+            pthread_mutex_lock(&p->lock); /* the caller may be asleep on `done` */
             pthread_cond_signal(&p->done);
+            pthread_mutex_unlock(&p->lock);
+        }
     }
-    pthread_mutex_unlock(&p->lock);
     return NULL;
 }
 
@@ -46,9 +82,9 @@ int attn_pool_start(attn_pool *p, unsigned threads, attn_pool_worker *workers)
     p->threads = threads;
     p->started = 0;
     p->workers = workers;
-    p->generation = 0;
-    p->busy = 0;
-    p->stop = 0;
+    atomic_init(&p->generation, 0);
+    atomic_init(&p->busy, 0);
+    atomic_init(&p->stop, 0);
     atomic_init(&p->next, 0);
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);
@@ -72,18 +108,19 @@ void attn_pool_run(attn_pool *p, attn_item_fn fn, void *job, int64_t items)
         run_items(p, fn, job, items, 0);
         return;
     }
-    pthread_mutex_lock(&p->lock);
     p->fn = fn;
     p->job = job;
     p->items = items;
     atomic_store_explicit(&p->next, 0, memory_order_relaxed);
-    p->busy = p->started;
-    p->generation++;
+    atomic_store_explicit(&p->busy, p->started, memory_order_relaxed);
+    pthread_mutex_lock(&p->lock);
+    atomic_fetch_add_explicit(&p->generation, 1, memory_order_release); /* publishes the job */
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->lock);
     run_items(p, fn, job, items, 0);
+    SPIN_UNTIL(atomic_load_explicit(&p->busy, memory_order_acquire) == 0);
     pthread_mutex_lock(&p->lock);
-    while (p->busy > 0)
+    while (atomic_load_explicit(&p->busy, memory_order_acquire) != 0)
         pthread_cond_wait(&p->done, &p->lock);
     pthread_mutex_unlock(&p->lock);
 }
@@ -91,7 +128,7 @@ void attn_pool_run(attn_pool *p, attn_item_fn fn, void *job, int64_t items)
 void attn_pool_stop(attn_pool *p)
 {
     pthread_mutex_lock(&p->lock);
-    p->stop = 1;
+    atomic_store_explicit(&p->stop, 1, memory_order_relaxed);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->lock);
     for (unsigned i = 0; i < p->started; i++)

@@ -25,9 +25,9 @@ typedef struct attn_pool {
     attn_pool_worker *workers; /* threads - 1 entries, in the context's arena */
     pthread_mutex_t lock;
     pthread_cond_t wake, done;
-    uint64_t generation;       /* bumped for every job */
-    unsigned busy;             /* workers still on the current job */
-    int stop;
+    atomic_uint_fast64_t generation; /* bumped for every job */
+    atomic_uint busy;          /* workers still on the current job */
+    atomic_int stop;
     attn_item_fn fn;
     void *job;
     int64_t items;

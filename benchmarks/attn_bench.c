@@ -1,0 +1,389 @@
+/*
+ * attn-bench: libattn's forward pass against this machine's own limits, measured in the same
+ * run and interleaved with it, so that a noisy shared machine disturbs both alike:
+ *   - the sgemm ceiling: N threads each running a large square single-threaded sgemm (the way
+ *     libattn itself uses the BLAS), aggregate GFLOP/s;
+ *   - the streaming read bandwidth: N threads reading disjoint parts of a 512 MiB buffer.
+ * Every timed run of a case is preceded by one ceiling sample (and, for decode cases, one
+ * bandwidth sample); a case reports the median of its runs in GFLOP/s (4·B·H·Lq·Lk·D per second,
+ * halved for causal) and the median of the per-run ratios to the ceiling; decode cases also
+ * report the bytes of K and V read per second and their ratio to the read bandwidth. Each case
+ * reports its peak resident memory above what the program held before it ("peak MiB") next to
+ * the size of its inputs and outputs ("data MiB"). Progress goes to stderr.
+ *
+ *   attn-bench [--threads N] [--case NAME]... [--reps N] [--json] [--list]
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <attn/attn.h>
+#include <cblas.h>
+
+typedef struct bench_case {
+    const char *name;
+    uint32_t B, Hq, Hkv, Lq, Lk, D;
+    int causal, decode, opt_in;
+} bench_case;
+
+static const bench_case cases[] = {
+    {"enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0},
+    {"causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0},
+    {"bert-512", 4, 12, 12, 512, 512, 64, 0, 0, 0},
+    {"d128-2k", 1, 8, 8, 2048, 2048, 128, 0, 0, 0},
+    {"gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0},
+    {"decode-4k", 1, 32, 32, 1, 4096, 128, 0, 1, 0},
+    {"decode-gqa-8k", 1, 32, 8, 1, 8192, 128, 0, 1, 0},
+    {"long-8k", 1, 1, 1, 8192, 8192, 64, 1, 0, 0},
+    {"long-64k", 1, 1, 1, 65536, 65536, 64, 1, 0, 1},
+};
+enum { NCASES = sizeof cases / sizeof cases[0] };
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static float *random_buffer(size_t n, uint64_t seed)
+{
+    float *p = malloc(n * sizeof *p);
+    if (!p) {
+        fprintf(stderr, "attn-bench: out of memory (%zu floats)\n", n);
+        exit(1);
+    }
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        p[i] = (float)((double)(seed >> 40) * 0x1p-24 - 0.5);
+    }
+    return p;
+}
+
+/* ---- ceilings ----------------------------------------------------------------------------- */
+
+/* The BLAS stays single-threaded in this program: threaded BLAS calls leave OpenBLAS workers
+ * spinning for a while afterwards, which would disturb whatever is measured next. */
+static void serial_blas(void)
+{
+    void *s = dlsym(RTLD_DEFAULT, "openblas_set_num_threads");
+    if (!s)
+        s = dlsym(RTLD_DEFAULT, "bli_thread_set_num_threads");
+    if (s) {
+        void (*fn)(int);
+        memcpy(&fn, &s, sizeof fn);
+        fn(1);
+    }
+}
+
+enum { GEMM_N = 1536 };
+
+typedef struct worker {
+    pthread_t tid;
+    float *a, *b, *c;         /* sgemm operands */
+    const uint64_t *p;        /* read slice */
+    size_t words;
+    uint64_t sink;
+} worker;
+
+static void *gemm_worker(void *arg)
+{
+    worker *w = arg;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, GEMM_N, GEMM_N, GEMM_N, 1.0f, w->a,
+                GEMM_N, w->b, GEMM_N, 0.0f, w->c, GEMM_N);
+    return NULL;
+}
+
+/* XOR of every word: integer, so the compiler vectorises it without reassociation concerns. */
+static void *read_worker(void *arg)
+{
+    worker *w = arg;
+    uint64_t acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= w->words; i += 8)
+        for (int k = 0; k < 8; k++)
+            acc[k] ^= w->p[i + k];
+    for (; i < w->words; i++)
+        acc[0] ^= w->p[i];
+    for (int k = 1; k < 8; k++)
+        acc[0] ^= acc[k];
+    w->sink = acc[0];
+    return NULL;
+}
+
+typedef struct machine {
+    int threads;
+    worker w[256];
+    uint64_t *buf;
+    size_t buf_words;
+} machine;
+
+static void machine_init(machine *m, int threads)
+{
+    m->threads = threads;
+    for (int i = 0; i < threads; i++) {
+        m->w[i].a = random_buffer((size_t)GEMM_N * GEMM_N, 1 + (uint64_t)i);
+        m->w[i].b = random_buffer((size_t)GEMM_N * GEMM_N, 101 + (uint64_t)i);
+        m->w[i].c = random_buffer((size_t)GEMM_N * GEMM_N, 201 + (uint64_t)i);
+    }
+    size_t bytes = (size_t)512 << 20; /* far beyond any last-level cache */
+    m->buf = malloc(bytes);
+    if (!m->buf) {
+        fprintf(stderr, "attn-bench: out of memory\n");
+        exit(1);
+    }
+    memset(m->buf, 1, bytes);
+    m->buf_words = bytes / 8;
+}
+
+static void machine_free(machine *m)
+{
+    for (int i = 0; i < m->threads; i++)
+        free(m->w[i].a), free(m->w[i].b), free(m->w[i].c);
+    free(m->buf);
+}
+
+/* One sample of the sgemm ceiling, GFLOP/s over all threads. */
+static double ceiling_sample(machine *m)
+{
+    double t0 = now();
+    for (int i = 0; i < m->threads; i++)
+        pthread_create(&m->w[i].tid, NULL, gemm_worker, &m->w[i]);
+    for (int i = 0; i < m->threads; i++)
+        pthread_join(m->w[i].tid, NULL);
+    return 2.0 * GEMM_N * (double)GEMM_N * GEMM_N * m->threads / (now() - t0) / 1e9;
+}
+
+/* One sample of the read bandwidth, GB/s over all threads. */
+static double bandwidth_sample(machine *m)
+{
+    size_t per = m->buf_words / (size_t)m->threads;
+    double t0 = now();
+    for (int i = 0; i < m->threads; i++) {
+        m->w[i].p = m->buf + (size_t)i * per;
+        m->w[i].words = per;
+        pthread_create(&m->w[i].tid, NULL, read_worker, &m->w[i]);
+    }
+    for (int i = 0; i < m->threads; i++)
+        pthread_join(m->w[i].tid, NULL);
+    return (double)(per * (size_t)m->threads * 8) / (now() - t0) / 1e9;
+}
+
+/* ---- peak resident memory of one case ------------------------------------------------------ */
+
+static void reset_peak_rss(void)
+{
+    FILE *f = fopen("/proc/self/clear_refs", "w"); /* "5" resets the high-water mark */
+    if (f) {
+        fputs("5", f);
+        fclose(f);
+    }
+}
+
+/* A field of /proc/self/status in MiB: "VmHWM:" (peak resident) or "VmRSS:" (resident now). */
+static double status_mib(const char *field)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double kib = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, field, strlen(field)) == 0)
+            kib = atof(line + strlen(field));
+    if (f)
+        fclose(f);
+    return kib / 1024.0;
+}
+
+/* ---- one case ----------------------------------------------------------------------------- */
+
+typedef struct result {
+    double ms, gflops, ceiling, ratio, gbps, bandwidth, bw_ratio, rss_mib, data_mib;
+    size_t workspace;
+} result;
+
+static result run_case(const bench_case *c, uint32_t threads, int reps, machine *m)
+{
+    result res;
+    reset_peak_rss();
+    double baseline = status_mib("VmRSS:"); /* the ceiling and bandwidth buffers */
+    size_t nq = (size_t)c->B * c->Hq * c->Lq * c->D, nkv = (size_t)c->B * c->Hkv * c->Lk * c->D;
+    float *q = random_buffer(nq, 11), *k = random_buffer(nkv, 12), *v = random_buffer(nkv, 13);
+    float *out = random_buffer(nq, 14);
+    res.data_mib = (double)(2 * nq + 2 * nkv) * sizeof(float) / (1 << 20);
+    attn_desc d;
+    attn_desc_init(&d);
+    d.q_heads = c->Hq, d.kv_heads = c->Hkv, d.qk_dim = d.v_dim = c->D;
+    d.flags = c->causal ? ATTN_CAUSAL : 0;
+    d.threads = threads;
+    attn_ctx *ctx;
+    attn_status st = attn_create(&d, &ctx);
+    if (st != ATTN_OK) {
+        fprintf(stderr, "attn-bench: %s: %s\n", c->name, attn_last_error(NULL));
+        exit(1);
+    }
+    res.workspace = attn_workspace_size(&d);
+    attn_args a;
+    attn_args_init(&a);
+    a.batch = c->B, a.q_len = c->Lq, a.kv_len = c->Lk;
+    a.q = q, a.q_strides = attn_strides_bhsd(c->Hq, c->Lq, c->D);
+    a.k = k, a.k_strides = attn_strides_bhsd(c->Hkv, c->Lk, c->D);
+    a.v = v, a.v_strides = attn_strides_bhsd(c->Hkv, c->Lk, c->D);
+    a.out = out, a.out_strides = attn_strides_bhsd(c->Hq, c->Lq, c->D);
+    double flops = 4.0 * c->B * c->Hq * (double)c->Lq * c->Lk * c->D * (c->causal ? 0.5 : 1.0);
+    double bytes = 2.0 * (double)nkv * sizeof(float);
+    enum { MAXREPS = 64 };
+    double t[MAXREPS], ceil[MAXREPS], ratio[MAXREPS], bw[MAXREPS], bw_ratio[MAXREPS];
+    reps = reps > MAXREPS ? MAXREPS : reps;
+    /* warm-up: page faults, caches, clock ramp; at least one call and a quarter second */
+    double warm_until = now() + 0.25;
+    do {
+        if ((st = attn_forward(ctx, &a)) != ATTN_OK) {
+            fprintf(stderr, "attn-bench: %s: %s\n", c->name, attn_last_error(ctx));
+            exit(1);
+        }
+    } while (now() < warm_until);
+    for (int r = 0; r < reps; r++) {
+        ceil[r] = ceiling_sample(m);
+        if (c->decode)
+            bw[r] = bandwidth_sample(m);
+        double t0 = now();
+        attn_forward(ctx, &a);
+        t[r] = now() - t0;
+        ratio[r] = flops / t[r] / 1e9 / ceil[r];
+        if (c->decode)
+            bw_ratio[r] = bytes / t[r] / 1e9 / bw[r];
+        fprintf(stderr, "\r  %-14s run %d/%d", c->name, r + 1, reps);
+    }
+    fprintf(stderr, "\r%60s\r", "");
+    double sec = median(t, reps);
+    res.ms = sec * 1e3;
+    res.gflops = flops / sec / 1e9;
+    res.ceiling = median(ceil, reps);
+    res.ratio = median(ratio, reps);
+    res.gbps = bytes / sec / 1e9;
+    res.bandwidth = c->decode ? median(bw, reps) : 0.0;
+    res.bw_ratio = c->decode ? median(bw_ratio, reps) : 0.0;
+    res.rss_mib = status_mib("VmHWM:") - baseline;
+    attn_destroy(ctx);
+    free(q), free(k), free(v), free(out);
+    return res;
+}
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: attn-bench [--threads N] [--case NAME]... [--reps N] [--json] [--list]\n"
+            "  --threads N  threads for libattn and for the ceilings (default 0: all processors)\n"
+            "  --case NAME  run only this case (repeatable); long-64k runs only when named\n"
+            "  --reps N     timed runs per case, the median is reported (default 7)\n"
+            "  --json       one JSON object per case on stdout\n"
+            "  --list       list the cases\n");
+}
+
+int main(int argc, char **argv)
+{
+    uint32_t threads = 0;
+    int reps = 7, json = 0, nselected = 0;
+    const char *selected[NCASES * 2];
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            threads = (uint32_t)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--case") && i + 1 < argc && nselected < NCASES * 2)
+            selected[nselected++] = argv[++i];
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+            reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--json"))
+            json = 1;
+        else if (!strcmp(argv[i], "--list")) {
+            for (int c = 0; c < NCASES; c++)
+                printf("%-14s B=%u Hq=%u Hkv=%u Lq=%u Lk=%u D=%u%s%s\n", cases[c].name, cases[c].B,
+                       cases[c].Hq, cases[c].Hkv, cases[c].Lq, cases[c].Lk, cases[c].D,
+                       cases[c].causal ? " causal" : "", cases[c].opt_in ? " (opt-in)" : "");
+            return 0;
+        } else {
+            usage();
+            return 2;
+        }
+    }
+    if (reps < 1)
+        reps = 1;
+    for (int s = 0; s < nselected; s++) {
+        int known = 0;
+        for (int c = 0; c < NCASES; c++)
+            known |= !strcmp(selected[s], cases[c].name);
+        if (!known) {
+            fprintf(stderr, "attn-bench: unknown case '%s' (see --list)\n", selected[s]);
+            return 2;
+        }
+    }
+    int nthreads = threads ? (int)threads : 0;
+    if (!nthreads) { /* the library's own default: the processors this process may use */
+        cpu_set_t set;
+        nthreads = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    }
+    if (nthreads > 256) {
+        fprintf(stderr, "attn-bench: at most 256 threads\n");
+        return 2;
+    }
+    serial_blas();
+    machine m;
+    machine_init(&m, nthreads);
+    fprintf(stderr, "measuring the sgemm ceiling and the read bandwidth on %d threads...\n", nthreads);
+    double c0[16], b0[16];
+    for (int r = 0; r < 5; r++)
+        c0[r] = ceiling_sample(&m), b0[r] = bandwidth_sample(&m);
+    if (!json) {
+        printf("libattn %s, %s kernels, %d threads\n", attn_version_string(), attn_kernel_isa(),
+               nthreads);
+        printf("sgemm ceiling %.1f GFLOP/s, read bandwidth %.1f GB/s (medians of 5; each case\n"
+               "also samples them between its runs and reports ratios to those samples)\n\n",
+               median(c0, 5), median(b0, 5));
+        printf("%-14s %9s %9s %9s %7s %9s %9s %7s %9s %9s\n", "case", "median ms", "GFLOP/s",
+               "ceiling", "ratio", "K+V GB/s", "read GB/s", "ratio", "peak MiB", "data MiB");
+    }
+    for (int c = 0; c < NCASES; c++) {
+        int run = nselected == 0 ? !cases[c].opt_in : 0;
+        for (int s = 0; s < nselected; s++)
+            run |= !strcmp(selected[s], cases[c].name);
+        if (!run)
+            continue;
+        fprintf(stderr, "case %s\n", cases[c].name);
+        result r = run_case(&cases[c], threads, reps, &m);
+        if (json) {
+            printf("{\"case\": \"%s\", \"threads\": %d, \"median_ms\": %.4f, \"gflops\": %.2f, "
+                   "\"ceiling_gflops\": %.2f, \"ratio\": %.4f, \"kv_gbps\": %.2f, "
+                   "\"read_gbps\": %.2f, \"bandwidth_ratio\": %.4f, \"peak_rss_mib\": %.1f, "
+                   "\"data_mib\": %.1f, \"workspace_kib\": %.1f}\n",
+                   cases[c].name, nthreads, r.ms, r.gflops, r.ceiling, r.ratio, r.gbps,
+                   r.bandwidth, r.bw_ratio, r.rss_mib, r.data_mib, r.workspace / 1024.0);
+        } else if (cases[c].decode) {
+            printf("%-14s %9.3f %9.1f %9.1f %6.0f%% %9.1f %9.1f %6.0f%% %9.1f %9.1f\n",
+                   cases[c].name, r.ms, r.gflops, r.ceiling, 100.0 * r.ratio, r.gbps, r.bandwidth,
+                   100.0 * r.bw_ratio, r.rss_mib, r.data_mib);
+        } else {
+            printf("%-14s %9.3f %9.1f %9.1f %6.0f%% %9s %9s %7s %9.1f %9.1f\n", cases[c].name,
+                   r.ms, r.gflops, r.ceiling, 100.0 * r.ratio, "", "", "", r.rss_mib, r.data_mib);
+        }
+        fflush(stdout);
+    }
+    machine_free(&m);
+    return 0;
+}
