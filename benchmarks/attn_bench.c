@@ -104,9 +104,21 @@ typedef struct worker {
     uint64_t sink;
 } worker;
 
+/* OpenBLAS's OpenMP build takes each calling thread's OpenMP setting, not the global one. */
+static void serial_blas_this_thread(void)
+{
+    void *s = dlsym(RTLD_DEFAULT, "omp_set_num_threads");
+    if (s) {
+        void (*fn)(int);
+        memcpy(&fn, &s, sizeof fn);
+        fn(1);
+    }
+}
+
 static void *gemm_worker(void *arg)
 {
     worker *w = arg;
+    serial_blas_this_thread();
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, GEMM_N, GEMM_N, GEMM_N, 1.0f, w->a,
                 GEMM_N, w->b, GEMM_N, 0.0f, w->c, GEMM_N);
     return NULL;

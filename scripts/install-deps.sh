@@ -2,14 +2,14 @@
 # Installs the Debian packages libattn needs, if any is missing. Usage:
 #   scripts/install-deps.sh [build|test|ci]   (default: test)
 # build: compiler, CMake, OpenBLAS. test: + cmocka. ci: + valgrind, dpkg-dev (for CPack's
-# dependency list) and BLIS (the alternative BLAS CI builds against).
+# dependency list), BLIS and the OpenMP build of OpenBLAS (the other BLASes CI tests against).
 set -eu
 level=${1:-test}
 pkgs="gcc libc6-dev make cmake pkg-config libopenblas-dev"
 case "$level" in
   build) ;;
   test) pkgs="$pkgs libcmocka-dev" ;;
-  ci) pkgs="$pkgs libcmocka-dev valgrind binutils dpkg-dev libblis-dev" ;;
+  ci) pkgs="$pkgs libcmocka-dev valgrind binutils dpkg-dev libblis-dev libopenblas0-openmp" ;;
   *) echo "usage: $0 [build|test|ci]" >&2; exit 2 ;;
 esac
 missing=""

@@ -223,6 +223,7 @@ static void finish_rows(const attn_ctx *ctx, const attn_instance *inst, int64_t 
 typedef struct forward_job {
     attn_ctx *ctx;
     const attn_instance *inst;
+    int serial_blas;     /* workers make their BLAS calls single-threaded */
     int64_t blocks;      /* query blocks per (batch, head) */
     /* split keys */
     int64_t group_rows;  /* rows of one kv head's group: group * q_len */
@@ -233,6 +234,13 @@ typedef struct forward_job {
 
 /* One (batch, head, block) task; the block order is reversed so that under a causal mask the
  * most expensive blocks are handed out first. */
+/* Called first by every item: a worker thread's BLAS calls must be single-threaded too. */
+static void begin_item(const forward_job *job, unsigned thread)
+{
+    if (thread > 0 && job->serial_blas)
+        attn_blas_serial_worker();
+}
+
 static void run_block(const forward_job *job, unsigned thread, int64_t b, int64_t h, int64_t qb)
 {
     attn_ctx *ctx = job->ctx;
@@ -248,6 +256,7 @@ static void run_block(const forward_job *job, unsigned thread, int64_t b, int64_
 static void block_item(void *arg, int64_t item, unsigned thread)
 {
     const forward_job *job = arg;
+    begin_item(job, thread);
     int64_t H = job->ctx->desc.q_heads, nb = job->blocks;
     int64_t b = item / (H * nb), rest = item % (H * nb);
     run_block(job, thread, b, rest / nb, nb - 1 - rest % nb);
@@ -258,6 +267,7 @@ static void block_item(void *arg, int64_t item, unsigned thread)
 static void block_all_heads_item(void *arg, int64_t item, unsigned thread)
 {
     const forward_job *job = arg;
+    begin_item(job, thread);
     int64_t nb = job->blocks, b = item / nb, qb = nb - 1 - item % nb;
     for (int64_t h = 0; h < job->ctx->desc.q_heads; h++)
         run_block(job, thread, b, h, qb);
@@ -269,6 +279,7 @@ static void block_all_heads_item(void *arg, int64_t item, unsigned thread)
 static void split_item(void *arg, int64_t k, unsigned thread)
 {
     const forward_job *job = arg;
+    begin_item(job, thread);
     attn_ctx *ctx = job->ctx;
     int64_t item = job->first_item + k;
     int64_t chunk = item % job->chunks, set = item / job->chunks;
@@ -354,13 +365,15 @@ attn_status attn_forward(attn_ctx *ctx, const attn_args *args)
     attn_status st = attn_validate_args(ctx, args, &inst);
     if (st != ATTN_OK)
         return st;
-    forward_job job = {ctx, &inst, (args->q_len + ATTN_TILE_Q - 1) / ATTN_TILE_Q, 0, 0, 0, 0};
     /* Every tile product runs single-threaded, also with one libattn thread: a threaded BLAS
      * partitions a product differently and rounds differently, and results must not depend on
      * the thread count. */
     int serial_blas = !(ctx->desc.flags & ATTN_BLAS_THREADS_UNTOUCHED);
+    forward_job job = {ctx, &inst, serial_blas, (args->q_len + ATTN_TILE_Q - 1) / ATTN_TILE_Q,
+                       0, 0, 0, 0};
+    attn_blas_saved saved;
     if (serial_blas)
-        attn_blas_serial_enter();
+        attn_blas_serial_enter(&saved);
     if (args->q_len <= ATTN_SPLIT_MAX_QUERIES && args->kv_len >= ATTN_SPLIT_MIN_KEYS &&
         args->weights_mode == ATTN_WEIGHTS_NONE) {
         run_split(&job);
@@ -371,7 +384,7 @@ attn_status attn_forward(attn_ctx *ctx, const attn_args *args)
                       (int64_t)args->batch * ctx->desc.q_heads * job.blocks);
     }
     if (serial_blas)
-        attn_blas_serial_leave();
+        attn_blas_serial_leave(&saved);
     attn_clear_error(ctx);
     return ATTN_OK;
 }
