@@ -299,6 +299,54 @@ static result run_case(const bench_case *c, uint32_t threads, int reps, machine 
     return res;
 }
 
+/* Speed-up of `threads` threads over one on a case: two contexts, runs alternated so that both
+ * see the same machine, the median of the per-pair ratios. */
+static double scaling(const bench_case *c, uint32_t threads, int reps)
+{
+    size_t nq = (size_t)c->B * c->Hq * c->Lq * c->D, nkv = (size_t)c->B * c->Hkv * c->Lk * c->D;
+    float *q = random_buffer(nq, 11), *k = random_buffer(nkv, 12), *v = random_buffer(nkv, 13);
+    float *out = random_buffer(nq, 14);
+    attn_ctx *ctx[2];
+    for (int i = 0; i < 2; i++) {
+        attn_desc d;
+        attn_desc_init(&d);
+        d.q_heads = c->Hq, d.kv_heads = c->Hkv, d.qk_dim = d.v_dim = c->D;
+        d.flags = c->causal ? ATTN_CAUSAL : 0;
+        d.threads = i == 0 ? 1 : threads;
+        if (attn_create(&d, &ctx[i]) != ATTN_OK) {
+            fprintf(stderr, "attn-bench: %s\n", attn_last_error(NULL));
+            exit(1);
+        }
+    }
+    attn_args a;
+    attn_args_init(&a);
+    a.batch = c->B, a.q_len = c->Lq, a.kv_len = c->Lk;
+    a.q = q, a.q_strides = attn_strides_bhsd(c->Hq, c->Lq, c->D);
+    a.k = k, a.k_strides = attn_strides_bhsd(c->Hkv, c->Lk, c->D);
+    a.v = v, a.v_strides = attn_strides_bhsd(c->Hkv, c->Lk, c->D);
+    a.out = out, a.out_strides = attn_strides_bhsd(c->Hq, c->Lq, c->D);
+    double ratio[64];
+    reps = reps > 64 ? 64 : reps;
+    double warm_until = now() + 0.25;
+    do {
+        attn_forward(ctx[0], &a);
+        attn_forward(ctx[1], &a);
+    } while (now() < warm_until);
+    for (int r = 0; r < reps; r++) {
+        double t0 = now();
+        attn_forward(ctx[0], &a);
+        double t1 = now();
+        attn_forward(ctx[1], &a);
+        ratio[r] = (t1 - t0) / (now() - t1);
+        fprintf(stderr, "\r  %-14s pair %d/%d", c->name, r + 1, reps);
+    }
+    fprintf(stderr, "\r%60s\r", "");
+    attn_destroy(ctx[0]);
+    attn_destroy(ctx[1]);
+    free(q), free(k), free(v), free(out);
+    return median(ratio, reps);
+}
+
 static void usage(void)
 {
     fprintf(stderr,
@@ -307,13 +355,15 @@ static void usage(void)
             "  --case NAME  run only this case (repeatable); long-64k runs only when named\n"
             "  --reps N     timed runs per case, the median is reported (default 7)\n"
             "  --json       one JSON object per case on stdout\n"
-            "  --list       list the cases\n");
+            "  --list       list the cases\n"
+            "  --scaling    instead: speed-up of --threads threads over one, per case (default\n"
+            "               enc-1k), from alternated runs of a 1-thread and an N-thread context\n");
 }
 
 int main(int argc, char **argv)
 {
     uint32_t threads = 0;
-    int reps = 7, json = 0, nselected = 0;
+    int reps = 7, json = 0, nselected = 0, want_scaling = 0;
     const char *selected[NCASES * 2];
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc)
@@ -324,6 +374,8 @@ int main(int argc, char **argv)
             reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--json"))
             json = 1;
+        else if (!strcmp(argv[i], "--scaling"))
+            want_scaling = 1;
         else if (!strcmp(argv[i], "--list")) {
             for (int c = 0; c < NCASES; c++)
                 printf("%-14s B=%u Hq=%u Hkv=%u Lq=%u Lk=%u D=%u%s%s\n", cases[c].name, cases[c].B,
@@ -356,6 +408,22 @@ int main(int argc, char **argv)
         return 2;
     }
     serial_blas();
+    if (want_scaling) {
+        if (nselected == 0)
+            selected[nselected++] = "enc-1k";
+        for (int c = 0; c < NCASES; c++)
+            for (int s = 0; s < nselected; s++)
+                if (!strcmp(selected[s], cases[c].name)) {
+                    double x = scaling(&cases[c], (uint32_t)nthreads, reps);
+                    if (json)
+                        printf("{\"case\": \"%s\", \"threads\": %d, \"speedup_over_1\": %.3f}\n",
+                               cases[c].name, nthreads, x);
+                    else
+                        printf("%-14s %d threads / 1 thread: %.2fx (median of %d alternated pairs)\n",
+                               cases[c].name, nthreads, x, reps);
+                }
+        return 0;
+    }
     machine m;
     machine_init(&m, nthreads);
     fprintf(stderr, "measuring the sgemm ceiling and the read bandwidth on %d threads...\n", nthreads);
