@@ -1,7 +1,8 @@
 /*
  * Results do not depend on the thread count: the same problems run with 1, 2, 3 and 4 threads
  * must give bitwise identical out, lse, entropy and weights, on the block path (prefill shapes,
- * causal, masks, head-mean weights) and on the split-key path (decoding shapes, GQA). Also
+ * causal, masks, head-mean weights) and on the split-key path (decoding shapes, GQA, partials
+ * folded across waves of slots: the slot count grows with the thread count). Also
  * checks that a context leaves the BLAS's thread setting as it found it.
  */
 #include <math.h>
@@ -34,6 +35,9 @@ static const shape shapes[] = {
     {"decode GQA", 2, 8, 2, 1, 3000, 64, 64, 0, 0, 0, 1},
     {"decode 16 queries", 1, 4, 4, 16, 1500, 32, 48, ATTN_CAUSAL, 0, 1, 0},
     {"decode many keys", 1, 2, 1, 3, 9000, 64, 64, 0, 0, 0, 0},
+    /* 2 batches x 8 kv heads x 5 chunks = 80 partials: two waves of slots on one thread (64
+     * slots), one wave on more, with a group crossing the wave boundary */
+    {"decode across waves", 2, 16, 8, 2, 5000, 64, 64, 0, 0, 0, 1},
 };
 
 typedef struct outputs {
