@@ -44,7 +44,7 @@ say "cc ... -lattn"
 case "$kind" in
   system) cc -o "$work/bare" "$here/consumer.c" -lattn -lm ;;
   shared) cc -o "$work/bare" "$here/consumer.c" -I"$prefix/include" -L"$libdir" -lattn -lm ;;
-  static) cc -o "$work/bare" "$here/consumer.c" -I"$prefix/include" -L"$libdir" -lattn -lopenblas -lm ;;
+  static) cc -o "$work/bare" "$here/consumer.c" -I"$prefix/include" -L"$libdir" -lattn -lopenblas -lpthread -ldl -lm ;;
 esac
 "$work/bare"
 show_lib "$work/bare"
