@@ -51,6 +51,15 @@ static void find_blas(void)
     }
 }
 
+/* Detect when the library is loaded rather than on the first attn_forward: a failed dlsym
+ * allocates its error message, and attn_forward must not allocate. */
+#if defined(__GNUC__)
+__attribute__((constructor)) static void find_blas_at_load(void)
+{
+    pthread_once(&once, find_blas);
+}
+#endif
+
 const char *attn_blas_threading_kind(void)
 {
     pthread_once(&once, find_blas);
