@@ -213,7 +213,8 @@ static void finish_rows(const attn_ctx *ctx, const attn_instance *inst, int64_t 
             a->lse[row] = st->m + log_l;
         if (a->entropy) {
             float ent = log_l - st->u / st->l;
-            a->entropy[row] = ent > 0.0f ? ent : 0.0f; /* rounding must not make it negative */
+            /* rounding must not make it negative; written so that NaN stays NaN */
+            a->entropy[row] = ent < 0.0f ? 0.0f : ent;
         }
     }
 }
