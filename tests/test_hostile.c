@@ -5,6 +5,7 @@
  * the documented limits must work. Sizes that are consistent but merely large cannot be told
  * from a caller's mistake about its buffers and are not exercised here.
  */
+#define _GNU_SOURCE /* MAP_ANONYMOUS, MAP_NORESERVE */
 #include <limits.h>
 #include <math.h>
 #include <setjmp.h>
@@ -14,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <sys/mman.h>
 
 #include <cmocka.h>
 
@@ -187,11 +190,47 @@ static void test_hostile_arguments(void **state)
     attn_destroy(ctx);
 }
 
+/* Regression (from fuzzing): an output row stride above INT_MAX is valid, since the output is
+ * no BLAS operand. 8 GiB of address space is reserved but only the two rows written are touched;
+ * they must equal the same call with a contiguous output, bit for bit. */
+static void test_output_row_stride_above_int_max(void **state)
+{
+    (void)state;
+    const int64_t stride = (int64_t)INT_MAX + 1;
+    size_t bytes = ((size_t)stride + D) * sizeof(float);
+    float *huge = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                       -1, 0);
+    if (huge == MAP_FAILED) {
+        print_message("cannot reserve %zu bytes of address space here: skipped\n", bytes);
+        skip();
+    }
+    attn_desc d;
+    attn_desc_init(&d);
+    d.qk_dim = d.v_dim = D;
+    attn_ctx *ctx;
+    assert_int_equal(attn_create(&d, &ctx), ATTN_OK);
+    attn_args a;
+    attn_args_init(&a);
+    a.batch = 1, a.q_len = 2, a.kv_len = 5;
+    a.q = q, a.k = k, a.v = v;
+    a.q_strides = a.k_strides = a.v_strides = attn_strides_bhsd(1, 5, D);
+    float dense[2 * D];
+    a.out = dense, a.out_strides = attn_strides_bhsd(1, 2, D);
+    assert_int_equal(attn_forward(ctx, &a), ATTN_OK);
+    a.out = huge, a.out_strides = (attn_strides){0, 0, stride};
+    assert_int_equal(attn_forward(ctx, &a), ATTN_OK);
+    assert_memory_equal(huge, dense, D * sizeof(float));
+    assert_memory_equal(huge + stride, dense + D, D * sizeof(float));
+    attn_destroy(ctx);
+    munmap(huge, bytes);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hostile_descriptors),
         cmocka_unit_test(test_hostile_arguments),
+        cmocka_unit_test(test_output_row_stride_above_int_max),
     };
     return cmocka_run_group_tests_name("hostile", tests, NULL, NULL);
 }
