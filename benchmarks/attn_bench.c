@@ -226,6 +226,51 @@ static double status_mib(const char *field)
 
 /* ---- one case ----------------------------------------------------------------------------- */
 
+/* One case's inputs and outputs in [B, H, S, D] layout, and the call that uses them. */
+typedef struct case_data {
+    float *q, *k, *v, *out;
+    size_t nq, nkv;
+    attn_args args;
+} case_data;
+
+static void case_data_init(const bench_case *c, case_data *cd)
+{
+    cd->nq = (size_t)c->B * c->Hq * c->Lq * c->D;
+    cd->nkv = (size_t)c->B * c->Hkv * c->Lk * c->D;
+    cd->q = random_buffer(cd->nq, 11), cd->k = random_buffer(cd->nkv, 12);
+    cd->v = random_buffer(cd->nkv, 13), cd->out = random_buffer(cd->nq, 14);
+    attn_args *a = &cd->args;
+    attn_args_init(a);
+    a->batch = c->B, a->q_len = c->Lq, a->kv_len = c->Lk;
+    a->q = cd->q, a->q_strides = attn_strides_bhsd(c->Hq, c->Lq, c->D);
+    a->k = cd->k, a->k_strides = attn_strides_bhsd(c->Hkv, c->Lk, c->D);
+    a->v = cd->v, a->v_strides = attn_strides_bhsd(c->Hkv, c->Lk, c->D);
+    a->out = cd->out, a->out_strides = attn_strides_bhsd(c->Hq, c->Lq, c->D);
+}
+
+static void case_data_free(case_data *cd)
+{
+    free(cd->q), free(cd->k), free(cd->v), free(cd->out);
+}
+
+/* A context for the case on `threads` threads; exits with the reason if it cannot be made. */
+static attn_ctx *case_context(const bench_case *c, uint32_t threads, size_t *workspace)
+{
+    attn_desc d;
+    attn_desc_init(&d);
+    d.q_heads = c->Hq, d.kv_heads = c->Hkv, d.qk_dim = d.v_dim = c->D;
+    d.flags = c->causal ? ATTN_CAUSAL : 0;
+    d.threads = threads;
+    attn_ctx *ctx;
+    if (attn_create(&d, &ctx) != ATTN_OK) {
+        fprintf(stderr, "attn-bench: %s: %s\n", c->name, attn_last_error(NULL));
+        exit(1);
+    }
+    if (workspace)
+        *workspace = attn_workspace_size(&d);
+    return ctx;
+}
+
 typedef struct result {
     double ms, gflops, ceiling, ratio, gbps, bandwidth, bw_ratio, rss_mib, data_mib;
     size_t workspace;
@@ -236,31 +281,14 @@ static result run_case(const bench_case *c, uint32_t threads, int reps, machine 
     result res;
     reset_peak_rss();
     double baseline = status_mib("VmRSS:"); /* the ceiling and bandwidth buffers */
-    size_t nq = (size_t)c->B * c->Hq * c->Lq * c->D, nkv = (size_t)c->B * c->Hkv * c->Lk * c->D;
-    float *q = random_buffer(nq, 11), *k = random_buffer(nkv, 12), *v = random_buffer(nkv, 13);
-    float *out = random_buffer(nq, 14);
-    res.data_mib = (double)(2 * nq + 2 * nkv) * sizeof(float) / (1 << 20);
-    attn_desc d;
-    attn_desc_init(&d);
-    d.q_heads = c->Hq, d.kv_heads = c->Hkv, d.qk_dim = d.v_dim = c->D;
-    d.flags = c->causal ? ATTN_CAUSAL : 0;
-    d.threads = threads;
-    attn_ctx *ctx;
-    attn_status st = attn_create(&d, &ctx);
-    if (st != ATTN_OK) {
-        fprintf(stderr, "attn-bench: %s: %s\n", c->name, attn_last_error(NULL));
-        exit(1);
-    }
-    res.workspace = attn_workspace_size(&d);
-    attn_args a;
-    attn_args_init(&a);
-    a.batch = c->B, a.q_len = c->Lq, a.kv_len = c->Lk;
-    a.q = q, a.q_strides = attn_strides_bhsd(c->Hq, c->Lq, c->D);
-    a.k = k, a.k_strides = attn_strides_bhsd(c->Hkv, c->Lk, c->D);
-    a.v = v, a.v_strides = attn_strides_bhsd(c->Hkv, c->Lk, c->D);
-    a.out = out, a.out_strides = attn_strides_bhsd(c->Hq, c->Lq, c->D);
+    case_data cd;
+    case_data_init(c, &cd);
+    res.data_mib = (double)(2 * cd.nq + 2 * cd.nkv) * sizeof(float) / (1 << 20);
+    attn_ctx *ctx = case_context(c, threads, &res.workspace);
+    attn_args a = cd.args;
+    attn_status st;
     double flops = 4.0 * c->B * c->Hq * (double)c->Lq * c->Lk * c->D * (c->causal ? 0.5 : 1.0);
-    double bytes = 2.0 * (double)nkv * sizeof(float);
+    double bytes = 2.0 * (double)cd.nkv * sizeof(float);
     enum { MAXREPS = 64 };
     double t[MAXREPS], ceil[MAXREPS], ratio[MAXREPS], bw[MAXREPS], bw_ratio[MAXREPS];
     reps = reps > MAXREPS ? MAXREPS : reps;
@@ -295,7 +323,7 @@ static result run_case(const bench_case *c, uint32_t threads, int reps, machine 
     res.bw_ratio = c->decode ? median(bw_ratio, reps) : 0.0;
     res.rss_mib = status_mib("VmHWM:") - baseline;
     attn_destroy(ctx);
-    free(q), free(k), free(v), free(out);
+    case_data_free(&cd);
     return res;
 }
 
@@ -303,28 +331,10 @@ static result run_case(const bench_case *c, uint32_t threads, int reps, machine 
  * see the same machine, the median of the per-pair ratios. */
 static double scaling(const bench_case *c, uint32_t threads, int reps)
 {
-    size_t nq = (size_t)c->B * c->Hq * c->Lq * c->D, nkv = (size_t)c->B * c->Hkv * c->Lk * c->D;
-    float *q = random_buffer(nq, 11), *k = random_buffer(nkv, 12), *v = random_buffer(nkv, 13);
-    float *out = random_buffer(nq, 14);
-    attn_ctx *ctx[2];
-    for (int i = 0; i < 2; i++) {
-        attn_desc d;
-        attn_desc_init(&d);
-        d.q_heads = c->Hq, d.kv_heads = c->Hkv, d.qk_dim = d.v_dim = c->D;
-        d.flags = c->causal ? ATTN_CAUSAL : 0;
-        d.threads = i == 0 ? 1 : threads;
-        if (attn_create(&d, &ctx[i]) != ATTN_OK) {
-            fprintf(stderr, "attn-bench: %s\n", attn_last_error(NULL));
-            exit(1);
-        }
-    }
-    attn_args a;
-    attn_args_init(&a);
-    a.batch = c->B, a.q_len = c->Lq, a.kv_len = c->Lk;
-    a.q = q, a.q_strides = attn_strides_bhsd(c->Hq, c->Lq, c->D);
-    a.k = k, a.k_strides = attn_strides_bhsd(c->Hkv, c->Lk, c->D);
-    a.v = v, a.v_strides = attn_strides_bhsd(c->Hkv, c->Lk, c->D);
-    a.out = out, a.out_strides = attn_strides_bhsd(c->Hq, c->Lq, c->D);
+    case_data cd;
+    case_data_init(c, &cd);
+    attn_ctx *ctx[2] = {case_context(c, 1, NULL), case_context(c, threads, NULL)};
+    const attn_args a = cd.args;
     double ratio[64];
     reps = reps > 64 ? 64 : reps;
     double warm_until = now() + 0.25;
@@ -343,7 +353,7 @@ static double scaling(const bench_case *c, uint32_t threads, int reps)
     fprintf(stderr, "\r%60s\r", "");
     attn_destroy(ctx[0]);
     attn_destroy(ctx[1]);
-    free(q), free(k), free(v), free(out);
+    case_data_free(&cd);
     return median(ratio, reps);
 }
 
