@@ -233,8 +233,6 @@ typedef struct forward_job {
     int64_t first_item;  /* first item of the current wave */
 } forward_job;
 
-/* One (batch, head, block) task; the block order is reversed so that under a causal mask the
- * most expensive blocks are handed out first. */
 /* Called first by every item: a worker thread's BLAS calls must be single-threaded too. */
 static void begin_item(const forward_job *job, unsigned thread)
 {
@@ -254,6 +252,8 @@ static void run_block(const forward_job *job, unsigned thread, int64_t b, int64_
         attn_write_weights(ctx, job->inst, &t);
 }
 
+/* One (batch, head, block) task; the block order is reversed so that under a causal mask the
+ * most expensive blocks are handed out first. */
 static void block_item(void *arg, int64_t item, unsigned thread)
 {
     const forward_job *job = arg;
