@@ -54,8 +54,10 @@ static float value(double amp)
 
 /* Strides for a [B, H, L, W] view chosen by the input; *extent = elements the view spans, or 0
  * when the strides are negative or the extent is too large to allocate. Every choice is either
- * allocatable or certain to be rejected: a row stride of 2^31 only for the BLAS operands (Q, K,
- * V), where it exceeds the BLAS index range; elsewhere it would be valid but unallocatable. */
+ * allocatable or certain to be rejected: INT64_MAX overflows whatever the element size when
+ * its axis has two or more indices (and is harmless with one); a row stride of 2^31 only for the
+ * BLAS operands (Q, K, V), where it exceeds the BLAS index range, since elsewhere it would be
+ * valid but unallocatable. (Regressions: out-of-range strides that were in fact valid.) */
 static attn_strides decode_strides(bytes *b, int64_t B, int64_t H, int64_t L, int64_t W,
                                    int output, int blas_rows, int64_t *extent)
 {
@@ -68,13 +70,13 @@ static attn_strides decode_strides(bytes *b, int64_t B, int64_t H, int64_t L, in
     case 3: s.seq = W, s.head = output ? L * W : 0, s.batch = output ? H * L * W : 0; break;
     case 4: s.seq = pick(b, 2 * (unsigned)W + 1), s.head = pick(b, 64), s.batch = pick(b, 256); break;
     case 5: s = attn_strides_bhsd((uint32_t)H, (uint32_t)L, (uint32_t)W), s.head = -s.head; break;
-    case 6: s = attn_strides_bhsd((uint32_t)H, (uint32_t)L, (uint32_t)W), s.batch = INT64_MAX / 3; break;
+    case 6: s = attn_strides_bhsd((uint32_t)H, (uint32_t)L, (uint32_t)W), s.batch = INT64_MAX; break;
     default:
         s = attn_strides_bhsd((uint32_t)H, (uint32_t)L, (uint32_t)W);
         if (blas_rows)
             s.seq = (int64_t)1 << 31;
         else
-            s.seq = INT64_MAX / 2;
+            s.seq = INT64_MAX;
         break;
     }
     *extent = 0;
@@ -222,12 +224,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (getenv("FUZZ_VERBOSE"))
         fprintf(stderr,
                 "B=%lld Hq=%lld Hkv=%lld Lq=%lld Lk=%lld D=%lld Dv=%lld flags=%x win=(%lld,%lld) "
-                "threads=%u off=%lld out strides {%lld,%lld,%lld} extent %lld\n",
+                "threads=%u off=%lld out strides {%lld,%lld,%lld} extent %lld mask %s {%lld,%lld,%lld} "
+                "extent %lld\n",
                 (long long)B, (long long)Hq, (long long)Hkv, (long long)Lq, (long long)Lk,
                 (long long)D, (long long)Dv, d.flags, (long long)d.window_left,
                 (long long)d.window_right, d.threads, (long long)a.q_offset,
                 (long long)a.out_strides.batch, (long long)a.out_strides.head,
-                (long long)a.out_strides.seq, (long long)eo);
+                (long long)a.out_strides.seq, (long long)eo, a.mask ? "yes" : "no",
+                (long long)a.mask_strides.batch, (long long)a.mask_strides.head,
+                (long long)a.mask_strides.seq, (long long)em);
     st = attn_forward(ctx, &a);
     if (st != ATTN_OK) {
         for (size_t i = 0; i < out_n; i++)
