@@ -5,6 +5,8 @@
  * folded across waves of slots: the slot count grows with the thread count). Also
  * checks that a context leaves the BLAS's thread setting as it found it.
  */
+#define _GNU_SOURCE /* RTLD_DEFAULT */
+#include <dlfcn.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -118,26 +120,44 @@ static void test_bitwise_identical_for_any_thread_count(void **state)
     }
 }
 
-/* The BLAS's own thread count is the same before and after multi-threaded calls. */
-typedef int (*get_fn)(void);
-extern int openblas_get_num_threads(void) __attribute__((weak));
+/* The BLAS's own thread setting is what it was when the program started, after every call of
+ * this program (OpenBLAS or BLIS, whichever is loaded; BLIS reports -1 while nothing is set). */
+static int (*blas_get_threads)(void);
+static const char *blas_getter;
+static int blas_threads_at_start;
+
+static void find_blas_getter(void)
+{
+    const char *names[] = {"openblas_get_num_threads", "bli_thread_get_num_threads"};
+    for (int i = 0; i < 2 && !blas_get_threads; i++) {
+        void *sym = dlsym(RTLD_DEFAULT, names[i]);
+        if (sym) {
+            memcpy(&blas_get_threads, &sym, sizeof blas_get_threads);
+            blas_getter = names[i];
+            blas_threads_at_start = blas_get_threads();
+        }
+    }
+}
 
 static void test_blas_setting_restored(void **state)
 {
     (void)state;
-    if (!openblas_get_num_threads) {
-        print_message("not OpenBLAS: nothing to check\n");
+    if (!blas_get_threads) {
+        print_message("neither OpenBLAS nor BLIS: nothing to check\n");
         skip();
     }
-    int before = openblas_get_num_threads();
+    int before = blas_threads_at_start;
     outputs o = run(&shapes[0], 2, 7);
     free_outputs(&o);
-    assert_int_equal(openblas_get_num_threads(), before);
-    print_message("OpenBLAS threads before and after: %d\n", before);
+    o = run(&shapes[3], 1, 7);
+    free_outputs(&o);
+    assert_int_equal(blas_get_threads(), before);
+    print_message("%s at the start and after every call: %d\n", blas_getter, before);
 }
 
 int main(void)
 {
+    find_blas_getter();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bitwise_identical_for_any_thread_count),
         cmocka_unit_test(test_blas_setting_restored),

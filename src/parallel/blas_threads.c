@@ -98,7 +98,7 @@ void attn_blas_serial_leave(const attn_blas_saved *s)
     if (!s->global)
         return;
     pthread_mutex_lock(&lock);
-    if (--depth == 0 && saved != 1 && saved > 0)
+    if (--depth == 0 && saved != 1) /* BLIS reports -1 for "not set"; setting -1 restores that */
         global_set(saved);
     pthread_mutex_unlock(&lock);
 }
