@@ -83,8 +83,11 @@ void attn_blas_serial_enter(attn_blas_saved *s)
         return;
     pthread_mutex_lock(&lock);
     if (depth++ == 0) {
+        /* Only a count above 1 needs changing. BLIS reports -1 while neither the program nor
+         * the environment set one, and then runs single-threaded already; setting -1 back
+         * explicitly is not the same as never setting it, so that state is left alone. */
         saved = global_get();
-        if (saved != 1)
+        if (saved > 1)
             global_set(1);
     }
     s->global = 1;
@@ -98,7 +101,7 @@ void attn_blas_serial_leave(const attn_blas_saved *s)
     if (!s->global)
         return;
     pthread_mutex_lock(&lock);
-    if (--depth == 0 && saved != 1) /* BLIS reports -1 for "not set"; setting -1 restores that */
+    if (--depth == 0 && saved > 1)
         global_set(saved);
     pthread_mutex_unlock(&lock);
 }
