@@ -172,7 +172,9 @@ ATTN_EXPORT void attn_desc_init(attn_desc *desc);
  * Returns the number of bytes attn_create_static() needs for `desc` (the context itself plus its
  * workspace), or 0 if the descriptor is invalid; attn_last_error(NULL) then says why. The size
  * depends on the descriptor (head dims and thread count) and the library's tile sizes only, never
- * on sequence lengths or batch. Thread-safe.
+ * on sequence lengths or batch. With desc->threads = 0 the thread count is the number of
+ * processors this process may use, so the size can differ between machines: give threads
+ * explicitly when a buffer is sized ahead of time for attn_create_static(). Thread-safe.
  */
 ATTN_EXPORT size_t attn_workspace_size(const attn_desc *desc);
 
