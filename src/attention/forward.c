@@ -110,22 +110,22 @@ void attn_task_row_span(const attn_task *t, int64_t r, int64_t j0, int64_t n, in
     *z = hi < 0 ? 0 : hi > n ? n : hi;
 }
 
+/* Element offset of task row r in a [batch, head, row, key] view with strides s. */
+static int64_t row_offset(const attn_strides *s, const attn_task *t, int64_t r)
+{
+    return t->b * s->batch + t->w->row_h[r] * s->head + t->w->row_i[r] * s->seq;
+}
+
 const float *attn_task_bias_row(const attn_instance *inst, const attn_task *t, int64_t r)
 {
     const attn_args *a = inst->args;
-    if (!a->bias)
-        return NULL;
-    return a->bias + t->b * a->bias_strides.batch + t->w->row_h[r] * a->bias_strides.head +
-           t->w->row_i[r] * a->bias_strides.seq;
+    return a->bias ? a->bias + row_offset(&a->bias_strides, t, r) : NULL;
 }
 
 const uint8_t *attn_task_mask_row(const attn_instance *inst, const attn_task *t, int64_t r)
 {
     const attn_args *a = inst->args;
-    if (!a->mask)
-        return NULL;
-    return a->mask + t->b * a->mask_strides.batch + t->w->row_h[r] * a->mask_strides.head +
-           t->w->row_i[r] * a->mask_strides.seq;
+    return a->mask ? a->mask + row_offset(&a->mask_strides, t, r) : NULL;
 }
 
 /* ---- the online pass --------------------------------------------------------------------- */
