@@ -19,6 +19,9 @@
 #include "dispatch/dispatch.h"
 #include "support/util.h"
 
+/* The softmax kernels ignore the row coordinates; any will do. */
+static const attn_row_coord at0 = {0, 0, 0, 0};
+
 static const char *const variants[] = {"scalar", "avx2", "avx512"};
 
 static double ulp_of(double x)
@@ -47,7 +50,7 @@ static void test_exp_accuracy(void **state)
             continue;
         for (int i = 0; i < N; i++)
             s[i] = -88.0f * (float)i / (float)N;
-        k->probs_row(s, N, NULL, NULL, 0.0f, 1.0f, dst, 0);
+        k->probs_row(s, N, NULL, NULL, 0.0f, 1.0f, dst, 0, &at0);
         double worst = 0.0;
         for (int i = 0; i < N; i++) {
             double e = ulps(dst[i], exp((double)s[i]));
@@ -57,7 +60,7 @@ static void test_exp_accuracy(void **state)
         assert_true(worst <= 2.0);
         /* exp(-inf) is exactly 0; NaN stays NaN */
         float special[3] = {-INFINITY, NAN, 0.0f}, out[3];
-        k->probs_row(special, 3, NULL, NULL, 0.0f, 1.0f, out, 0);
+        k->probs_row(special, 3, NULL, NULL, 0.0f, 1.0f, out, 0, &at0);
         assert_true(out[0] == 0.0f);
         assert_true(isnan(out[1]));
         assert_true(out[2] == 1.0f);
@@ -122,7 +125,7 @@ static void test_online_row(void **state)
                 continue;
             memcpy(s, s0, n * sizeof *s);
             attn_row_state st = start;
-            float a = k->online_row(s, n, use_bias ? bias : NULL, use_mask ? mask : NULL, &st, entropy);
+            float a = k->online_row(s, n, use_bias ? bias : NULL, use_mask ? mask : NULL, &st, entropy, &at0);
             assert_true(st.m == m_new);
             assert_true(ulps(a, alpha) <= 2.0);
             for (size_t j = 0; j < n; j++) {
@@ -160,19 +163,19 @@ static void test_nan_and_hidden(void **state)
             s[j] = (float)j;
         s[5] = NAN;
         attn_row_state st = {-INFINITY, 0.0f, 0.0f};
-        k->online_row(s, 19, NULL, NULL, &st, 1);
+        k->online_row(s, 19, NULL, NULL, &st, 1, &at0);
         assert_true(isnan(st.l));
 
         float only_nan[3] = {NAN, NAN, NAN};
         st = (attn_row_state){-INFINITY, 0.0f, 0.0f};
-        k->online_row(only_nan, 3, NULL, NULL, &st, 0);
+        k->online_row(only_nan, 3, NULL, NULL, &st, 0, &at0);
         assert_true(isnan(st.l));
 
         /* a NaN under a zero mask byte is hidden and changes nothing */
         float hidden[9] = {1, 2, NAN, 3, 4, 5, 6, 7, 8};
         uint8_t mask[9] = {1, 1, 0, 1, 1, 1, 1, 1, 1};
         st = (attn_row_state){-INFINITY, 0.0f, 0.0f};
-        k->online_row(hidden, 9, NULL, mask, &st, 1);
+        k->online_row(hidden, 9, NULL, mask, &st, 1, &at0);
         assert_true(isfinite(st.l) && st.m == 8.0f && hidden[2] == 0.0f);
 
         /* a block with nothing visible leaves the state alone and writes zeros */
@@ -180,7 +183,7 @@ static void test_nan_and_hidden(void **state)
         for (int j = 0; j < 10; j++)
             none[j] = -INFINITY;
         st = (attn_row_state){3.0f, 2.0f, -0.5f};
-        float a = k->online_row(none, 10, NULL, NULL, &st, 1);
+        float a = k->online_row(none, 10, NULL, NULL, &st, 1, &at0);
         assert_true(a == 1.0f && st.m == 3.0f && st.l == 2.0f && st.u == -0.5f);
         for (int j = 0; j < 10; j++)
             assert_true(none[j] == 0.0f);
@@ -212,7 +215,7 @@ static void test_probs_row(void **state)
             if (!k)
                 continue;
             memcpy(dst, base, n * sizeof *dst);
-            k->probs_row(s, n, use_bias ? bias : NULL, use_mask ? mask : NULL, m, l, dst, acc);
+            k->probs_row(s, n, use_bias ? bias : NULL, use_mask ? mask : NULL, m, l, dst, acc, &at0);
             for (size_t j = 0; j < n; j++) {
                 float x = s[j] + (use_bias ? bias[j] : 0.0f);
                 double p = (use_mask && !mask[j]) ? 0.0 : exp((double)(float)(x - m)) / l;

@@ -56,7 +56,7 @@ typedef enum attn_status {
     ATTN_ERR_OFFSET = 8,          /* q_offset outside [-ATTN_MAX_DISTANCE, ATTN_MAX_DISTANCE] */
     ATTN_ERR_SCALE = 9,           /* scale is NaN or infinite */
     ATTN_ERR_BAD_OPTION = 10,     /* unknown flag bit or enumeration value, or options that conflict */
-    ATTN_ERR_STRUCT_SIZE = 11,    /* struct_size is not the one of this library version */
+    ATTN_ERR_STRUCT_SIZE = 11,    /* struct_size is not a size of this struct this library knows */
     ATTN_ERR_LIMIT = 12,          /* a size exceeds a documented limit (see ATTN_MAX_HEAD_DIM) */
     ATTN_ERR_ALIAS = 13,          /* an output overlaps an input or another output */
     ATTN_ERR_WORKSPACE_SIZE = 14, /* a caller-provided workspace is smaller than required */
@@ -120,7 +120,12 @@ ATTN_EXPORT const char *attn_kernel_isa(void);
  * then bitwise reproducible across thread counts only if the BLAS is single-threaded. */
 #define ATTN_BLAS_THREADS_UNTOUCHED 0x2u
 
-/* What a query row that sees no key at all (a "fully masked row") produces. */
+/* attn_desc.ops bits: the operations a context is created for. Each one adds its own part to the
+ * workspace, so a context pays only for what it runs. 0 means ATTN_OP_FORWARD. */
+#define ATTN_OP_FORWARD 0x1u /* attn_forward */
+
+/* What a query row that sees no key at all (a "fully masked row") produces. The values are
+ * pinned; attn_desc.masked_rows holds them in a uint32_t. */
 typedef enum attn_masked_rows {
     ATTN_MASKED_ROWS_ZERO = 0, /* out row 0, weights row 0, entropy 0, lse -inf (default) */
     ATTN_MASKED_ROWS_NAN = 1   /* out row NaN, weights row NaN, entropy NaN, lse -inf */
@@ -140,39 +145,49 @@ typedef struct attn_allocator {
 
 /*
  * The kind of attention a context computes. Always start from attn_desc_init(), then set the
- * fields you need: fields may be appended in later versions, and struct_size tells which.
+ * fields you need. Fields are only ever appended, and struct_size tells the library which ones
+ * the caller knows: a caller built against an older, smaller attn_desc is accepted and the
+ * fields beyond its struct_size take their defaults (see attn_desc_init_size). Every field has a
+ * fixed-width type, so other languages can mirror the layout exactly.
  */
 typedef struct attn_desc {
-    size_t struct_size;        /* sizeof(attn_desc); set by attn_desc_init */
+    size_t struct_size;        /* size of the caller's attn_desc; set by attn_desc_init */
     uint32_t q_heads;          /* query heads, >= 1 */
     uint32_t kv_heads;         /* key/value heads, >= 1, dividing q_heads; query head h reads
                                   kv head h / (q_heads / kv_heads) (GQA; 1 = multi-query) */
     uint32_t qk_dim;           /* feature size of Q and K, 1 .. ATTN_MAX_HEAD_DIM */
     uint32_t v_dim;            /* feature size of V and out, 1 .. ATTN_MAX_HEAD_DIM */
     float scale;               /* scores = (q . k) * scale; 0 selects 1/sqrt(qk_dim) */
-    uint32_t flags;            /* OR of ATTN_CAUSAL; 0 = no structured mask */
+    uint32_t flags;            /* OR of ATTN_CAUSAL, ATTN_BLAS_THREADS_UNTOUCHED; 0 = none */
     int64_t window_left;       /* local attention: key j visible only if
                                   j >= i + q_offset - window_left; -1 = unbounded */
     int64_t window_right;      /* ... and only if j <= i + q_offset + window_right; -1 = unbounded */
-    attn_masked_rows masked_rows; /* policy for rows that see no key */
+    uint32_t masked_rows;      /* an attn_masked_rows: policy for rows that see no key */
     const attn_allocator *allocator; /* NULL: the C library's aligned allocation */
-    uint32_t threads;          /* threads attn_forward runs on, 1 .. ATTN_MAX_THREADS;
+    uint32_t threads;          /* threads a call runs on, 1 .. ATTN_MAX_THREADS;
                                   0 = the processors this process may use */
+    /* --- since 0.2 --- */
+    uint32_t ops;              /* OR of ATTN_OP_* the context will run; 0 = ATTN_OP_FORWARD */
 } attn_desc;
 
 /*
- * Fills *desc with the defaults: struct_size set, 1 query head, 1 kv head, qk_dim = v_dim = 64,
- * scale 0 (1/sqrt(qk_dim)), no flags, unbounded window, ATTN_MASKED_ROWS_ZERO, default allocator,
- * threads 0 (all available processors).
- * desc: must not be NULL (a NULL desc is ignored). Thread-safe.
+ * Fills the caller's attn_desc with the defaults: struct_size = `size`, 1 query head, 1 kv head,
+ * qk_dim = v_dim = 64, scale 0 (1/sqrt(qk_dim)), no flags, unbounded window,
+ * ATTN_MASKED_ROWS_ZERO, default allocator, threads 0 (all available processors), ops 0
+ * (forward only). Exactly `size` bytes are written, so a program built against an older, smaller
+ * attn_desc is never written past its struct; a `size` larger than this library's attn_desc gets
+ * its unknown tail zeroed (attn_create then refuses it with ATTN_ERR_STRUCT_SIZE). A NULL desc,
+ * or a size below sizeof(size_t), is ignored. Thread-safe.
+ * Call it through the attn_desc_init(desc) macro, which passes sizeof *(desc).
  */
-ATTN_EXPORT void attn_desc_init(attn_desc *desc);
+ATTN_EXPORT void attn_desc_init_size(attn_desc *desc, size_t size);
+#define attn_desc_init(desc) attn_desc_init_size((desc), sizeof *(desc))
 
 /*
  * Returns the number of bytes attn_create_static() needs for `desc` (the context itself plus its
  * workspace), or 0 if the descriptor is invalid; attn_last_error(NULL) then says why. The size
- * depends on the descriptor (head dims and thread count) and the library's tile sizes only, never
- * on sequence lengths or batch. With desc->threads = 0 the thread count is the number of
+ * depends on the descriptor (head dims, thread count and the operations in desc->ops) and the
+ * library's tile sizes only, never on sequence lengths or batch. With desc->threads = 0 the thread count is the number of
  * processors this process may use, so the size can differ between machines: give threads
  * explicitly when a buffer is sized ahead of time for attn_create_static(). Thread-safe.
  */
@@ -188,9 +203,10 @@ typedef struct attn_ctx attn_ctx;
  *   desc:    the kind of problem; read during the call only.
  *   out_ctx: receives the new context; set to NULL on failure.
  * Returns ATTN_OK, or: ATTN_ERR_NULL_POINTER (desc or out_ctx NULL, or an allocator with a NULL
- * function), ATTN_ERR_STRUCT_SIZE, ATTN_ERR_ZERO_SIZE (a head count or dim is 0), ATTN_ERR_HEADS,
+ * function), ATTN_ERR_STRUCT_SIZE (desc->struct_size is not the size of an attn_desc of this or an
+ * earlier version), ATTN_ERR_ZERO_SIZE (a head count or dim is 0), ATTN_ERR_HEADS,
  * ATTN_ERR_LIMIT (a dim above ATTN_MAX_HEAD_DIM), ATTN_ERR_SCALE, ATTN_ERR_BAD_OPTION (unknown
- * flag bits or masked_rows value), ATTN_ERR_WINDOW, ATTN_ERR_LIMIT (threads above
+ * flag or ops bits, or masked_rows value), ATTN_ERR_WINDOW, ATTN_ERR_LIMIT (threads above
  * ATTN_MAX_THREADS), ATTN_ERR_NO_MEMORY, ATTN_ERR_THREADS.
  * On failure the reason is in attn_last_error(NULL) for the calling thread. Thread-safe.
  * The caller owns the context and releases it with attn_destroy().
@@ -204,7 +220,10 @@ ATTN_EXPORT attn_status attn_create(const attn_desc *desc, attn_ctx **out_ctx);
  * attn_workspace_size(desc) bytes, and must stay valid and untouched until the context is
  * destroyed; desc->allocator is ignored.
  * Returns the statuses of attn_create() except ATTN_ERR_NO_MEMORY, plus ATTN_ERR_NULL_POINTER for
- * a NULL workspace, ATTN_ERR_WORKSPACE_ALIGN and ATTN_ERR_WORKSPACE_SIZE. Thread-safe.
+ * a NULL workspace, ATTN_ERR_WORKSPACE_ALIGN and ATTN_ERR_WORKSPACE_SIZE. Every check is made
+ * before the workspace is touched, so those failures leave it unchanged; only ATTN_ERR_THREADS
+ * (a worker could not start) comes after the context was laid out in it, and then its contents
+ * are unspecified. Thread-safe.
  */
 ATTN_EXPORT attn_status attn_create_static(const attn_desc *desc, void *workspace,
                                            size_t workspace_size, attn_ctx **out_ctx);
@@ -250,22 +269,24 @@ ATTN_EXPORT attn_strides attn_strides_bhsd(uint32_t heads, uint32_t seq, uint32_
  */
 ATTN_EXPORT attn_strides attn_strides_bshd(uint32_t heads, uint32_t seq, uint32_t dim);
 
-/* What attn_args.weights receives. */
+/* What attn_args.weights receives (pinned values, held in a uint32_t). */
 typedef enum attn_weights_mode {
     ATTN_WEIGHTS_NONE = 0,     /* weights must be NULL */
-    ATTN_WEIGHTS_PER_HEAD = 1, /* weights is [batch, q_heads, q_len, kv_len], contiguous */
+    ATTN_WEIGHTS_PER_HEAD = 1, /* weights is [batch, q_heads, q_len, kv_len] */
     ATTN_WEIGHTS_HEAD_MEAN = 2 /* weights is [batch, q_len, kv_len]: the mean over query heads */
 } attn_weights_mode;
 
 /*
- * One forward call. Always start from attn_args_init(). Visibility of key j to query row i of
+ * One forward call. Always start from attn_args_init(); like attn_desc, the struct only grows at
+ * its end and struct_size says which fields the caller knows (missing ones take their defaults).
+ * Visibility of key j to query row i of
  * batch b is the AND of: causal (j <= i + q_offset, when ATTN_CAUSAL), window
  * (i + q_offset - window_left <= j <= i + q_offset + window_right, bounds of -1 omitted),
  * kv_lens (j < kv_lens[b]), and the boolean mask (nonzero); a bias of -inf also hides a key.
  * A row that sees no key follows desc.masked_rows.
  */
 typedef struct attn_args {
-    size_t struct_size;       /* sizeof(attn_args); set by attn_args_init */
+    size_t struct_size;       /* size of the caller's attn_args; set by attn_args_init */
     uint32_t batch;           /* >= 1 */
     uint32_t q_len;           /* query rows per (batch, head), >= 1 */
     uint32_t kv_len;          /* keys per (batch, kv head), >= 1 */
@@ -290,18 +311,35 @@ typedef struct attn_args {
     const float *bias;        /* optional additive bias, same shape, added to the scaled scores */
     attn_strides bias_strides;
 
-    attn_weights_mode weights_mode; /* which attention weights to write, if any */
+    uint32_t weights_mode;    /* an attn_weights_mode: which attention weights to write */
     float *weights;           /* see attn_weights_mode; NULL with ATTN_WEIGHTS_NONE */
     float *lse;               /* optional [batch, q_heads, q_len]: ln sum_j exp(score_j) */
     float *entropy;           /* optional [batch, q_heads, q_len]: -sum_j p_j ln p_j */
+
+    /* --- since 0.2: strides of the optional outputs. All three components 0 (the default)
+     * means contiguous: attn_strides_bhsd(q_heads, q_len, kv_len) for per-head weights,
+     * attn_strides_bhsd(1, q_len, kv_len) for head-mean weights (whose head stride is unused),
+     * attn_strides_bhsd(q_heads, q_len, 1) for lse and entropy (one float per row). Otherwise
+     * the key axis of weights is contiguous and two elements may not share memory. --- */
+    attn_strides weights_strides;
+    attn_strides lse_strides;
+    attn_strides entropy_strides;
 } attn_args;
 
 /*
- * Fills *args with an empty call: struct_size set, all pointers NULL, all sizes and strides 0,
- * q_offset = ATTN_Q_OFFSET_DEFAULT, weights_mode = ATTN_WEIGHTS_NONE. A NULL args is ignored.
- * Thread-safe.
+ * Fills the caller's attn_args with an empty call: struct_size = `size`, all pointers NULL, all
+ * sizes and strides 0, q_offset = ATTN_Q_OFFSET_DEFAULT, weights_mode = ATTN_WEIGHTS_NONE.
+ * Writes exactly `size` bytes, as attn_desc_init_size does (a larger size gets a zeroed tail and
+ * is refused by attn_forward). A NULL args, or a size below sizeof(size_t), is ignored.
+ * Thread-safe. Call it through the attn_args_init(args) macro, which passes sizeof *(args).
  */
-ATTN_EXPORT void attn_args_init(attn_args *args);
+ATTN_EXPORT void attn_args_init_size(attn_args *args, size_t size);
+#define attn_args_init(args) attn_args_init_size((args), sizeof *(args))
+
+/* The 0.1 entry points behind the macros, kept for programs built against 0.1: they write the
+ * 0.1 size of the struct (the macros above hide them from newer callers). */
+ATTN_EXPORT void(attn_desc_init)(attn_desc *desc);
+ATTN_EXPORT void(attn_args_init)(attn_args *args);
 
 /*
  * Computes attention for one instance with the context's descriptor:
@@ -315,13 +353,18 @@ ATTN_EXPORT void attn_args_init(attn_args *args);
  * queries and many keys (q_len <= 16, kv_len >= 512, no weights requested) the keys are split
  * into fixed chunks computed in parallel and combined through their log-sum-exp, and the query
  * heads sharing a kv head are computed together so K and V are read once.
- *   ctx:  a context from attn_create*(); its workspace is used, so one thread at a time.
+ *   ctx:  a context from attn_create*() whose desc.ops includes ATTN_OP_FORWARD (the default);
+ *         its workspace is used, so one thread at a time.
  *   args: the instance; read during the call only. Inputs are never written. Outputs must not
- *         overlap inputs or each other.
+ *         overlap inputs or each other; the test is by address span (the bytes from a tensor's
+ *         first to its last addressable element), so an output interleaved with an input
+ *         sharing no element, such as one slot of a packed buffer whose other slot is an input,
+ *         is refused as ATTN_ERR_ALIAS too.
  * Returns ATTN_OK, or: ATTN_ERR_NULL_POINTER (ctx, args, q, k, v or out NULL; weights NULL with a
  * weights mode), ATTN_ERR_STRUCT_SIZE, ATTN_ERR_ZERO_SIZE (batch, q_len or kv_len 0),
  * ATTN_ERR_STRIDE, ATTN_ERR_OVERFLOW, ATTN_ERR_OFFSET, ATTN_ERR_KV_LENS, ATTN_ERR_BAD_OPTION
- * (unknown weights_mode, or weights given with ATTN_WEIGHTS_NONE), ATTN_ERR_ALIAS.
+ * (unknown weights_mode, weights given with ATTN_WEIGHTS_NONE, or a context created without
+ * ATTN_OP_FORWARD), ATTN_ERR_ALIAS.
  * On failure no output is written and attn_last_error(ctx) names the argument (for a NULL ctx,
  * attn_last_error(NULL) on the calling thread).
  */

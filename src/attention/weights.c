@@ -2,8 +2,9 @@
 #include <math.h>
 #include <string.h>
 
-#include "attention/tiles.h"
 #include "attention/weights.h"
+#include "engine/score_op.h"
+#include "engine/tiles.h"
 
 static void fill(float *dst, int64_t n, float value, int accumulate)
 {
@@ -11,21 +12,22 @@ static void fill(float *dst, int64_t n, float value, int accumulate)
         dst[j] = accumulate ? dst[j] + value : value;
 }
 
-void attn_write_weights(attn_ctx *ctx, const attn_instance *inst, const attn_task *t)
+void attn_write_weights(const attn_forward_call *c, const attn_task *t)
 {
-    const attn_args *a = inst->args;
+    const attn_problem *p = &c->p;
+    const attn_ctx *ctx = p->ctx;
     const attn_scratch *w = t->w;
-    int64_t Lk = a->kv_len, H = ctx->desc.q_heads;
+    int64_t Lk = p->kv_len, H = ctx->desc.q_heads;
     int64_t h = w->row_h[0], i0 = w->row_i[0]; /* a block task: one head, consecutive rows */
-    int mean = a->weights_mode == ATTN_WEIGHTS_HEAD_MEAN;
+    int mean = c->weights_mode == ATTN_WEIGHTS_HEAD_MEAN;
     int accumulate = mean && h > 0;
     float masked = ctx->desc.masked_rows == ATTN_MASKED_ROWS_NAN ? NAN : 0.0f;
-    int64_t first_row = mean ? t->b * a->q_len + i0 : (t->b * H + h) * a->q_len + i0;
-    float *base = a->weights + first_row * Lk;
+    float *base = c->weights + attn_tensor_offset(&c->weights_strides, t->b, mean ? 0 : h, i0);
+    int64_t ld = c->weights_strides.seq; /* rows of the task are consecutive positions */
 
     /* Keys no row of the task can see, and rows that see no key at all. */
     for (int64_t r = 0; r < t->rows; r++) {
-        float *row = base + r * Lk;
+        float *row = base + r * ld;
         if (w->state[r].l == 0.0f) {
             fill(row, Lk, masked, accumulate);
             continue;
@@ -37,12 +39,12 @@ void attn_write_weights(attn_ctx *ctx, const attn_instance *inst, const attn_tas
     }
     for (int64_t j0 = t->klo; j0 < t->khi; j0 += ATTN_TILE_K) {
         int64_t n = t->khi - j0 < ATTN_TILE_K ? t->khi - j0 : ATTN_TILE_K;
-        attn_task_scores(ctx, inst, t, j0, n);
+        attn_task_scores(p, t, j0, n);
         for (int64_t r = 0; r < t->rows; r++) {
             const attn_row_state *st = &w->state[r];
             if (st->l == 0.0f)
                 continue;
-            float *dst = base + r * Lk + j0;
+            float *dst = base + r * ld + j0;
             const float *s = w->scores + r * ATTN_TILE_K;
             int64_t lo, hi;
             attn_task_row_span(t, r, j0, n, &lo, &hi);
@@ -55,17 +57,18 @@ void attn_write_weights(attn_ctx *ctx, const attn_instance *inst, const attn_tas
                 memset(dst, 0, (size_t)lo * sizeof *dst);
                 memset(dst + hi, 0, (size_t)(n - hi) * sizeof *dst);
             }
-            const float *bias = attn_task_bias_row(inst, t, r);
-            const uint8_t *mask = attn_task_mask_row(inst, t, r);
+            const float *bias = attn_task_bias_row(p, t, r);
+            const uint8_t *mask = attn_task_mask_row(p, t, r);
+            attn_row_coord at = attn_task_coord(t, r, j0 + lo);
             ctx->kernels->probs_row(s + lo, (size_t)(hi - lo), bias ? bias + j0 + lo : NULL,
                                     mask ? mask + j0 + lo : NULL, st->m, st->l, dst + lo,
-                                    accumulate);
+                                    accumulate, &at);
         }
     }
     if (mean && h == H - 1) {
         float heads = (float)H;
         for (int64_t r = 0; r < t->rows; r++) {
-            float *row = base + r * Lk;
+            float *row = base + r * ld;
             for (int64_t j = 0; j < Lk; j++)
                 row[j] /= heads;
         }

@@ -1,35 +1,26 @@
-/* The context: a validated copy of the descriptor, the chosen kernels, the worker pool and the
- * workspace arena. */
+/*
+ * The context: a resolved copy of the descriptor, the chosen kernels, the worker pool and one
+ * block of memory carved by an arena. The context knows no operation: the engine's per-thread
+ * scratch and each operation's own workspace are laid out by a reserve function the caller of
+ * attn_ctx_create passes in (src/attention/workspace.c lists them), and each operation finds its
+ * part in op_state[] under the bit of its ATTN_OP_* flag.
+ */
 #ifndef ATTN_CORE_CONTEXT_H
 #define ATTN_CORE_CONTEXT_H
 
 #include <attn/attn.h>
 
+#include "core/arena.h"
 #include "kernels/softmax.h"
 #include "parallel/pool.h"
 
 #define ATTN_ERROR_CAPACITY 256
+#define ATTN_OP_SLOTS 8 /* bits of attn_desc.ops that can name an operation */
 
-/* Per-thread scratch carved out of the arena; sizes depend on the descriptor only. */
-typedef struct attn_scratch {
-    float *scores;          /* ATTN_TILE_Q x ATTN_TILE_K score / probability tile */
-    float *acc;             /* ATTN_TILE_Q x v_dim unnormalised output accumulator */
-    float *qrows;           /* ATTN_TILE_Q x qk_dim gathered query rows (split-key path) */
-    attn_row_state *state;  /* ATTN_TILE_Q running (max, sum, entropy) triples */
-    int64_t *lo;            /* ATTN_TILE_Q first visible key per row (structured masks) */
-    int64_t *hi;            /* ATTN_TILE_Q one past the last visible key per row */
-    int64_t *row_h;         /* ATTN_TILE_Q query head of each row */
-    int64_t *row_i;         /* ATTN_TILE_Q query position of each row */
-} attn_scratch;
-
-/* A partial result of the split-key path: one chunk of keys for one group of query rows. */
-typedef struct attn_partial {
-    float *acc;             /* ATTN_TILE_Q x v_dim */
-    attn_row_state *state;  /* ATTN_TILE_Q */
-} attn_partial;
+struct attn_scratch; /* the engine's per-thread scratch, engine/scratch.h */
 
 struct attn_ctx {
-    attn_desc desc;          /* copy; desc.allocator is cleared, see `allocator` */
+    attn_desc desc;          /* resolved copy: every field known, ops never 0, allocator NULL */
     float scale;             /* resolved scale (desc.scale or 1/sqrt(qk_dim)) */
     uint32_t group;          /* q_heads / kv_heads */
     unsigned threads;        /* resolved thread count (desc.threads or the available CPUs) */
@@ -37,13 +28,38 @@ struct attn_ctx {
     int owns_memory;         /* 1: attn_destroy frees the block through `allocator` */
     void *block;             /* start of the memory holding this struct and the arena */
     const attn_kernels *kernels;
-    attn_scratch *scratch;   /* one per thread */
-    attn_partial *slots;     /* split-key partials, `nslots` of them, plus `carry` */
-    unsigned nslots;
-    attn_partial carry;      /* running fold of one row group's partials */
+    struct attn_scratch *scratch;    /* one per thread */
+    void *op_state[ATTN_OP_SLOTS];   /* op_state[i]: workspace of the operation of ops bit i */
     attn_pool pool;
     char error[ATTN_ERROR_CAPACITY];
 };
+
+/* Index into op_state of an ATTN_OP_* flag (one bit). */
+static inline unsigned attn_op_slot(uint32_t op)
+{
+    unsigned i = 0;
+    while (op > 1u)
+        op >>= 1, i++;
+    return i;
+}
+
+/* Lays out everything of the context beyond its struct and the pool's worker records: called
+ * twice, once on a measuring arena (base NULL: pointers come back NULL and must not be
+ * dereferenced) and once on the real block. ctx->desc, scale, group, threads and kernels are set. */
+typedef void (*attn_ctx_reserve_fn)(attn_arena *arena, attn_ctx *ctx);
+
+/* Validates a caller's descriptor (prefix-compatible through struct_size) into *resolved, with
+ * defaults for the fields the caller's version lacks. On failure records the message for
+ * attn_last_error(NULL). */
+attn_status attn_desc_resolve(const attn_desc *desc, attn_desc *resolved);
+
+/* Bytes of the block for a resolved descriptor. */
+size_t attn_ctx_size(const attn_desc *resolved, attn_ctx_reserve_fn reserve);
+
+/* attn_create (is_static 0: allocate the block) and attn_create_static (is_static 1: the
+ * caller's workspace), with a reserve function for the parts beyond the context itself. */
+attn_status attn_ctx_create(const attn_desc *desc, int is_static, void *workspace,
+                            size_t workspace_size, attn_ctx **out_ctx, attn_ctx_reserve_fn reserve);
 
 /* Records a failure: formats the message into ctx->error (or the thread's buffer when ctx is
  * NULL) and returns `status`, so callers can write `return attn_fail(...)`. */

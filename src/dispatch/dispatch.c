@@ -1,6 +1,11 @@
-/* Kernel selection: the scalar table is always there; vector tables override it when compiled
- * in and supported. ATTN_ISA forces a variant so every path can be tested on one machine. */
-#include <stdatomic.h>
+/*
+ * Kernel tables, built the way BLIS configures its kernels: every slot first gets the scalar
+ * reference kernel, then each instruction set the table stands for, from the narrowest up,
+ * overrides the slots it implements. A slot no vector variant has yet keeps its scalar kernel,
+ * so adding a slot never needs every variant at once. ATTN_ISA forces a table, so every path
+ * can be tested on one machine.
+ */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,21 +15,52 @@
 #include "dispatch/dispatch.h"
 
 #ifndef ATTN_HAVE_AVX2
-const attn_kernels *attn_kernels_avx2(void) { return NULL; }
+void attn_kernels_fill_avx2(attn_kernels *t) { (void)t; }
 #endif
 #ifndef ATTN_HAVE_AVX512
-const attn_kernels *attn_kernels_avx512(void) { return NULL; }
+void attn_kernels_fill_avx512(attn_kernels *t) { (void)t; }
 #endif
+
+#ifdef ATTN_HAVE_AVX2
+#define HAVE_AVX2 1
+#else
+#define HAVE_AVX2 0
+#endif
+#ifdef ATTN_HAVE_AVX512
+#define HAVE_AVX512 1
+#else
+#define HAVE_AVX512 0
+#endif
+
+enum { TABLE_SCALAR, TABLE_AVX2, TABLE_AVX512, TABLES };
+
+static attn_kernels tables[TABLES];
+static int runnable[TABLES];
+static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
+
+static void build_tables(void)
+{
+    attn_cpu_features f = attn_cpu_features_detect();
+    attn_kernels_fill_scalar(&tables[TABLE_SCALAR]);
+    runnable[TABLE_SCALAR] = 1;
+
+    tables[TABLE_AVX2] = tables[TABLE_SCALAR];
+    attn_kernels_fill_avx2(&tables[TABLE_AVX2]);
+    runnable[TABLE_AVX2] = HAVE_AVX2 && f.avx2_fma;
+
+    /* AVX-512 machines have AVX2 too; the check keeps an odd CPU on the scalar fallback. */
+    tables[TABLE_AVX512] = f.avx2_fma ? tables[TABLE_AVX2] : tables[TABLE_SCALAR];
+    attn_kernels_fill_avx512(&tables[TABLE_AVX512]);
+    runnable[TABLE_AVX512] = HAVE_AVX512 && f.avx512f;
+}
 
 const attn_kernels *attn_dispatch_lookup(const char *isa)
 {
-    attn_cpu_features f = attn_cpu_features_detect();
-    if (strcmp(isa, "scalar") == 0)
-        return attn_kernels_scalar();
-    if (strcmp(isa, "avx2") == 0)
-        return f.avx2_fma ? attn_kernels_avx2() : NULL;
-    if (strcmp(isa, "avx512") == 0)
-        return f.avx512f ? attn_kernels_avx512() : NULL;
+    static const char *const names[TABLES] = {"scalar", "avx2", "avx512"};
+    pthread_once(&tables_once, build_tables);
+    for (int i = 0; i < TABLES; i++)
+        if (strcmp(isa, names[i]) == 0)
+            return runnable[i] ? &tables[i] : NULL;
     return NULL;
 }
 
@@ -42,20 +78,21 @@ static const attn_kernels *select_kernels(void)
         if (k)
             return k;
     }
-    return attn_kernels_scalar();
+    return attn_dispatch_lookup("scalar");
 }
 
-/* Every thread that races here computes the same answer, so a plain atomic store suffices. */
-static _Atomic(const attn_kernels *) chosen;
+static const attn_kernels *chosen;
+static pthread_once_t chosen_once = PTHREAD_ONCE_INIT;
+
+static void choose(void)
+{
+    chosen = select_kernels();
+}
 
 const attn_kernels *attn_dispatch_kernels(void)
 {
-    const attn_kernels *k = atomic_load_explicit(&chosen, memory_order_acquire);
-    if (!k) {
-        k = select_kernels();
-        atomic_store_explicit(&chosen, k, memory_order_release);
-    }
-    return k;
+    pthread_once(&chosen_once, choose);
+    return chosen;
 }
 
 const char *attn_kernel_isa(void)

@@ -1,7 +1,9 @@
 /*
- * The fused softmax kernels: one table of function pointers per instruction set. The scalar
- * table is complete and portable; vector tables implement the same contract and are tested
- * against it. A row is one query row of a score tile restricted to its visible key range.
+ * The fused softmax kernels as one table of slots. Every slot has a portable scalar kernel; an
+ * instruction set overrides the slots it has a faster kernel for (see dispatch/dispatch.c), so a
+ * new slot can ship with its scalar kernel alone. Variants implement the same contract and are
+ * tested against the scalar one. A row is one query row of a score tile restricted to its
+ * visible key range.
  */
 #ifndef ATTN_KERNELS_SOFTMAX_H
 #define ATTN_KERNELS_SOFTMAX_H
@@ -9,12 +11,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Running online-softmax state of one query row. */
-typedef struct attn_row_state {
-    float m; /* running max of the visible scores; -inf while none was seen */
-    float l; /* sum of exp(score - m) */
-    float u; /* sum of exp(score - m) * (score - m): gives the entropy ln(l) - u / l */
-} attn_row_state;
+#include "kernels/softmax_state.h"
+
+/* Where a row segment sits in the problem: kernels that key anything on positions (such as a
+ * counter-based dropout mask) use these; the softmax itself does not. */
+typedef struct attn_row_coord {
+    int64_t batch, head; /* query head */
+    int64_t row;         /* query position */
+    int64_t col;         /* key position of element 0 of the segment */
+} attn_row_coord;
 
 /*
  * One online-softmax step over s[0..n): adds bias[j] (if bias), hides keys whose mask[j] is 0
@@ -24,7 +29,7 @@ typedef struct attn_row_state {
  * NaN scores propagate into l (the row becomes NaN); -inf scores count as hidden.
  */
 typedef float (*attn_online_row_fn)(float *s, size_t n, const float *bias, const uint8_t *mask,
-                                    attn_row_state *st, int entropy);
+                                    attn_row_state *st, int entropy, const attn_row_coord *at);
 
 /*
  * Final probabilities of one row: p[j] = exp(s[j] + bias[j] - m) / l, 0 where mask[j] is 0;
@@ -32,17 +37,18 @@ typedef float (*attn_online_row_fn)(float *s, size_t n, const float *bias, const
  */
 typedef void (*attn_probs_row_fn)(const float *s, size_t n, const float *bias,
                                   const uint8_t *mask, float m, float l, float *dst,
-                                  int accumulate);
+                                  int accumulate, const attn_row_coord *at);
 
 typedef struct attn_kernels {
-    const char *name;
+    const char *name; /* the instruction set of the table: "scalar", "avx2", "avx512" */
     attn_online_row_fn online_row;
     attn_probs_row_fn probs_row;
 } attn_kernels;
 
-/* Tables of each variant; NULL when the variant was not compiled in. */
-const attn_kernels *attn_kernels_scalar(void);
-const attn_kernels *attn_kernels_avx2(void);
-const attn_kernels *attn_kernels_avx512(void);
+/* Each variant writes the slots it implements into *t and leaves the others alone. The scalar
+ * one writes every slot. A variant that was not compiled in writes nothing. */
+void attn_kernels_fill_scalar(attn_kernels *t);
+void attn_kernels_fill_avx2(attn_kernels *t);
+void attn_kernels_fill_avx512(attn_kernels *t);
 
 #endif

@@ -4,8 +4,9 @@
 #include "kernels/softmax.h"
 
 static float online_row_scalar(float *s, size_t n, const float *bias, const uint8_t *mask,
-                               attn_row_state *st, int entropy)
+                               attn_row_state *st, int entropy, const attn_row_coord *at)
 {
+    (void)at;
     float block_max = -INFINITY;
     for (size_t j = 0; j < n; j++) {
         float x = s[j];
@@ -16,11 +17,8 @@ static float online_row_scalar(float *s, size_t n, const float *bias, const uint
         s[j] = x;
         block_max = x > block_max ? x : block_max;
     }
-    float m_new = st->m > block_max ? st->m : block_max;
-    /* While nothing is visible, subtract 0: hidden keys still give exp(-inf) = 0 and a NaN
-     * score still reaches the sum, so a row of NaNs is never mistaken for a masked row. */
-    float shift = m_new == -INFINITY ? 0.0f : m_new;
-    float alpha = expf(st->m - shift);
+    float m_new, alpha;
+    float shift = attn_state_begin(st, block_max, &m_new, &alpha);
     float sum = 0.0f, usum = 0.0f;
     for (size_t j = 0; j < n; j++) {
         float d = s[j] - shift;
@@ -30,16 +28,15 @@ static float online_row_scalar(float *s, size_t n, const float *bias, const uint
         if (entropy && p != 0.0f)
             usum += p * d;
     }
-    if (entropy)
-        st->u = (st->l != 0.0f ? alpha * (st->u + (st->m - m_new) * st->l) : 0.0f) + usum;
-    st->l = alpha * st->l + sum;
-    st->m = m_new;
+    attn_state_end(st, m_new, alpha, sum, usum, entropy);
     return alpha;
 }
 
 static void probs_row_scalar(const float *s, size_t n, const float *bias, const uint8_t *mask,
-                             float m, float l, float *dst, int accumulate)
+                             float m, float l, float *dst, int accumulate,
+                             const attn_row_coord *at)
 {
+    (void)at;
     for (size_t j = 0; j < n; j++) {
         float x = s[j];
         if (bias)
@@ -49,9 +46,9 @@ static void probs_row_scalar(const float *s, size_t n, const float *bias, const 
     }
 }
 
-static const attn_kernels scalar_table = {"scalar", online_row_scalar, probs_row_scalar};
-
-const attn_kernels *attn_kernels_scalar(void)
+void attn_kernels_fill_scalar(attn_kernels *t)
 {
-    return &scalar_table;
+    t->name = "scalar";
+    t->online_row = online_row_scalar;
+    t->probs_row = probs_row_scalar;
 }

@@ -83,8 +83,9 @@ static inline float hsum(__m256 v)
 }
 
 static float online_row_avx2(float *s, size_t n, const float *bias, const uint8_t *mask,
-                             attn_row_state *st, int entropy)
+                             attn_row_state *st, int entropy, const attn_row_coord *at)
 {
+    (void)at;
     __m256 vmax = _mm256_set1_ps(-INFINITY);
     for (size_t j = 0; j < n; j += 8) {
         size_t k = n - j < 8 ? n - j : 8;
@@ -94,9 +95,8 @@ static float online_row_avx2(float *s, size_t n, const float *bias, const uint8_
         vmax = _mm256_max_ps(vmax, x);
     }
     float block_max = hmax(vmax);
-    float m_new = st->m > block_max ? st->m : block_max;
-    float shift = m_new == -INFINITY ? 0.0f : m_new; /* see the scalar kernel */
-    float alpha = expf(st->m - shift);
+    float m_new, alpha;
+    float shift = attn_state_begin(st, block_max, &m_new, &alpha);
     __m256 vshift = _mm256_set1_ps(shift);
     __m256 vsum = _mm256_setzero_ps(), vu = _mm256_setzero_ps();
     for (size_t j = 0; j < n; j += 8) {
@@ -115,16 +115,15 @@ static float online_row_avx2(float *s, size_t n, const float *bias, const uint8_
         }
     }
     float sum = hsum(vsum);
-    if (entropy)
-        st->u = (st->l != 0.0f ? alpha * (st->u + (st->m - m_new) * st->l) : 0.0f) + hsum(vu);
-    st->l = alpha * st->l + sum;
-    st->m = m_new;
+    attn_state_end(st, m_new, alpha, sum, entropy ? hsum(vu) : 0.0f, entropy);
     return alpha;
 }
 
 static void probs_row_avx2(const float *s, size_t n, const float *bias, const uint8_t *mask,
-                           float m, float l, float *dst, int accumulate)
+                           float m, float l, float *dst, int accumulate,
+                           const attn_row_coord *at)
 {
+    (void)at;
     __m256 vm = _mm256_set1_ps(m), vl = _mm256_set1_ps(l);
     for (size_t j = 0; j < n; j += 8) {
         size_t k = n - j < 8 ? n - j : 8;
@@ -137,9 +136,9 @@ static void probs_row_avx2(const float *s, size_t n, const float *bias, const ui
     }
 }
 
-static const attn_kernels avx2_table = {"avx2", online_row_avx2, probs_row_avx2};
-
-const attn_kernels *attn_kernels_avx2(void)
+void attn_kernels_fill_avx2(attn_kernels *t)
 {
-    return &avx2_table;
+    t->name = "avx2";
+    t->online_row = online_row_avx2;
+    t->probs_row = probs_row_avx2;
 }

@@ -51,8 +51,9 @@ static inline __mmask16 lanes_for(size_t remaining)
 }
 
 static float online_row_avx512(float *s, size_t n, const float *bias, const uint8_t *mask,
-                               attn_row_state *st, int entropy)
+                               attn_row_state *st, int entropy, const attn_row_coord *at)
 {
+    (void)at;
     __m512 vmax = _mm512_set1_ps(-INFINITY);
     for (size_t j = 0; j < n; j += 16) {
         __mmask16 lanes = lanes_for(n - j);
@@ -61,9 +62,8 @@ static float online_row_avx512(float *s, size_t n, const float *bias, const uint
         vmax = _mm512_max_ps(vmax, x);
     }
     float block_max = _mm512_reduce_max_ps(vmax);
-    float m_new = st->m > block_max ? st->m : block_max;
-    float shift = m_new == -INFINITY ? 0.0f : m_new; /* see the scalar kernel */
-    float alpha = expf(st->m - shift);
+    float m_new, alpha;
+    float shift = attn_state_begin(st, block_max, &m_new, &alpha);
     __m512 vshift = _mm512_set1_ps(shift);
     __m512 vsum = _mm512_setzero_ps(), vu = _mm512_setzero_ps();
     for (size_t j = 0; j < n; j += 16) {
@@ -79,17 +79,15 @@ static float online_row_avx512(float *s, size_t n, const float *bias, const uint
         }
     }
     float sum = _mm512_reduce_add_ps(vsum);
-    if (entropy)
-        st->u = (st->l != 0.0f ? alpha * (st->u + (st->m - m_new) * st->l) : 0.0f) +
-                _mm512_reduce_add_ps(vu);
-    st->l = alpha * st->l + sum;
-    st->m = m_new;
+    attn_state_end(st, m_new, alpha, sum, entropy ? _mm512_reduce_add_ps(vu) : 0.0f, entropy);
     return alpha;
 }
 
 static void probs_row_avx512(const float *s, size_t n, const float *bias, const uint8_t *mask,
-                             float m, float l, float *dst, int accumulate)
+                             float m, float l, float *dst, int accumulate,
+                             const attn_row_coord *at)
 {
+    (void)at;
     __m512 vm = _mm512_set1_ps(m), vl = _mm512_set1_ps(l);
     for (size_t j = 0; j < n; j += 16) {
         __mmask16 lanes = lanes_for(n - j);
@@ -101,9 +99,9 @@ static void probs_row_avx512(const float *s, size_t n, const float *bias, const 
     }
 }
 
-static const attn_kernels avx512_table = {"avx512", online_row_avx512, probs_row_avx512};
-
-const attn_kernels *attn_kernels_avx512(void)
+void attn_kernels_fill_avx512(attn_kernels *t)
 {
-    return &avx512_table;
+    t->name = "avx512";
+    t->online_row = online_row_avx512;
+    t->probs_row = probs_row_avx512;
 }

@@ -1,0 +1,43 @@
+/*
+ * Key/value tile sources: the one seam through which the engine reads K and V. A source hands
+ * out the keys (or values) [j0, j0 + n) of one (batch, kv head) as rows of floats with a leading
+ * dimension. Plain strided tensors return a pointer into the caller's memory; a paged cache or
+ * f16/bf16 storage is a new source that gathers or converts the tile into `convert` (room for
+ * ATTN_TILE_K rows of the widest head dim), with no change to the engine's loops.
+ */
+#ifndef ATTN_ENGINE_KV_SOURCE_H
+#define ATTN_ENGINE_KV_SOURCE_H
+
+#include <stdint.h>
+
+#include "core/tensor.h"
+
+enum { ATTN_KV_KEYS = 0, ATTN_KV_VALUES = 1 };
+
+typedef struct attn_kv_tile {
+    const void *data; /* row 0 of the tile */
+    int ld;           /* elements between rows */
+    uint32_t dtype;   /* element type of data (ATTN_DTYPE_F32 for everything the engine reads today) */
+} attn_kv_tile;
+
+typedef struct attn_kv_source attn_kv_source;
+struct attn_kv_source {
+    attn_kv_tile (*tile)(const attn_kv_source *src, int which, int64_t b, int64_t g, int64_t j0,
+                         int64_t n, float *convert);
+    /* The strided-tensor source's state; other sources keep theirs beside it. */
+    const char *base[2];        /* K and V base pointers, as bytes */
+    attn_strides strides[2];
+    int ld[2];
+    uint32_t dtype[2];
+};
+
+/* A source reading K and V in place through their strides (already validated). */
+void attn_kv_source_strided(attn_kv_source *src, const attn_tensor *k, const attn_tensor *v);
+
+static inline attn_kv_tile attn_kv_get(const attn_kv_source *src, int which, int64_t b,
+                                       int64_t g, int64_t j0, int64_t n, float *convert)
+{
+    return src->tile(src, which, b, g, j0, n, convert);
+}
+
+#endif

@@ -1,0 +1,24 @@
+/* The engine's per-thread scratch. */
+#include "engine/scratch.h"
+#include "engine/tiles.h"
+
+void attn_scratch_reserve(attn_arena *a, attn_ctx *ctx)
+{
+    size_t tq = ATTN_TILE_Q;
+    attn_scratch *all = attn_arena_take(a, sizeof *all * ctx->threads);
+    for (unsigned t = 0; t < ctx->threads; t++) {
+        attn_scratch s;
+        s.scores = attn_arena_take(a, sizeof(float) * tq * ATTN_TILE_K);
+        s.acc = attn_arena_take(a, sizeof(float) * tq * ctx->desc.v_dim);
+        s.qrows = attn_arena_take(a, sizeof(float) * tq * ctx->desc.qk_dim);
+        s.state = attn_arena_take(a, sizeof(attn_row_state) * tq);
+        s.lo = attn_arena_take(a, sizeof(int64_t) * tq);
+        s.hi = attn_arena_take(a, sizeof(int64_t) * tq);
+        s.row_h = attn_arena_take(a, sizeof(int64_t) * tq);
+        s.row_i = attn_arena_take(a, sizeof(int64_t) * tq);
+        s.convert = NULL;
+        if (all)
+            all[t] = s;
+    }
+    ctx->scratch = all;
+}
