@@ -259,13 +259,15 @@ typedef struct attn_strides {
     int64_t seq;
 } attn_strides;
 
-/* Strides of a contiguous [batch, heads, seq, dim] tensor. */
+/* Strides of a contiguous [batch, heads, seq, dim] tensor. A component too large for int64_t is
+ * INT64_MAX, which attn_forward refuses as ATTN_ERR_OVERFLOW. Thread-safe. */
 ATTN_EXPORT attn_strides attn_strides_bhsd(uint32_t heads, uint32_t seq, uint32_t dim);
 
 /*
  * Strides of a contiguous [batch, seq, heads, dim] tensor. A packed QKV buffer
  * [batch, seq, 3, heads, dim] is three such views with heads' = 3 * heads: use
  * attn_strides_bshd(3 * heads, seq, dim) with base pointers p, p + heads*dim, p + 2*heads*dim.
+ * Saturates like attn_strides_bhsd. Thread-safe.
  */
 ATTN_EXPORT attn_strides attn_strides_bshd(uint32_t heads, uint32_t seq, uint32_t dim);
 

@@ -40,7 +40,7 @@ static int64_t stride_of(const attn_strides *s, int axis)
 
 /* Output elements must be distinct. Sufficient test: sorted by stride, every axis with more
  * than one index steps past everything the inner axes span. Some layouts with no shared
- * element fail it (axes that interleave, such as strides {1, 6, 4} of a [2, 2, 2, 1] view),
+ * element fail it (axes that interleave, such as strides {0, 3, 2} of a [1, 2, 3, 1] view),
  * and the rule is documented as such. */
 static attn_status check_distinct(attn_ctx *ctx, const char *owner, const attn_tensor *t)
 {
