@@ -122,7 +122,8 @@ ATTN_EXPORT const char *attn_kernel_isa(void);
 
 /* attn_desc.ops bits: the operations a context is created for. Each one adds its own part to the
  * workspace, so a context pays only for what it runs. 0 means ATTN_OP_FORWARD. */
-#define ATTN_OP_FORWARD 0x1u /* attn_forward */
+#define ATTN_OP_FORWARD 0x1u  /* attn_forward */
+#define ATTN_OP_BACKWARD 0x2u /* attn_backward */
 
 /* What a query row that sees no key at all (a "fully masked row") produces. The values are
  * pinned; attn_desc.masked_rows holds them in a uint32_t. */
@@ -371,6 +372,84 @@ ATTN_EXPORT void(attn_args_init)(attn_args *args);
  * attn_last_error(NULL) on the calling thread).
  */
 ATTN_EXPORT attn_status attn_forward(attn_ctx *ctx, const attn_args *args);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Backward pass                                                                               */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * One backward call: the forward's inputs and options, its output and log-sum-exp, the gradient
+ * of the loss with respect to the output, and where to write the gradients. Always start from
+ * attn_backward_args_init(); struct_size works as for attn_args. Shapes are those of attn_args;
+ * every tensor has strides with a contiguous last axis.
+ */
+typedef struct attn_backward_args {
+    size_t struct_size;       /* size of the caller's struct; set by attn_backward_args_init */
+    uint32_t batch;           /* as in the forward call */
+    uint32_t q_len;
+    uint32_t kv_len;
+
+    const float *q;           /* [batch, q_heads, q_len, qk_dim], the forward's inputs */
+    attn_strides q_strides;
+    const float *k;           /* [batch, kv_heads, kv_len, qk_dim] */
+    attn_strides k_strides;
+    const float *v;           /* [batch, kv_heads, kv_len, v_dim] */
+    attn_strides v_strides;
+    const float *out;         /* [batch, q_heads, q_len, v_dim]: the forward's output */
+    attn_strides out_strides;
+    const float *dout;        /* [batch, q_heads, q_len, v_dim]: d loss / d out */
+    attn_strides dout_strides;
+    const float *lse;         /* [batch, q_heads, q_len]: the forward's lse (-inf for a row that
+                                 saw no key, under either masked-rows policy) */
+    attn_strides lse_strides; /* {0, 0, 0}: contiguous */
+
+    int64_t q_offset;         /* as in the forward; ATTN_Q_OFFSET_DEFAULT = kv_len - q_len */
+    const int32_t *kv_lens;   /* optional [batch], as in the forward */
+    const uint8_t *mask;      /* optional boolean mask, as in the forward */
+    attn_strides mask_strides;
+    const float *bias;        /* optional additive bias, as in the forward */
+    attn_strides bias_strides;
+
+    float *dq;                /* [batch, q_heads, q_len, qk_dim]: d loss / d q, overwritten */
+    attn_strides dq_strides;
+    float *dk;                /* [batch, kv_heads, kv_len, qk_dim]: overwritten; a kv head's
+                                 gradient sums over the query heads that share it */
+    attn_strides dk_strides;
+    float *dv;                /* [batch, kv_heads, kv_len, v_dim]: overwritten */
+    attn_strides dv_strides;
+    float *dbias;             /* optional, only with bias: d loss / d bias in the bias's own
+                                 shape: an axis along which bias_strides is 0 (broadcast) has size
+                                 1 and its gradient is summed over it; [Bb, Hb, Lqb, kv_len] */
+    attn_strides dbias_strides; /* {0, 0, 0}: contiguous in that shape */
+} attn_backward_args;
+
+/* Fills the caller's attn_backward_args with an empty call (like attn_args_init_size). */
+ATTN_EXPORT void attn_backward_args_init_size(attn_backward_args *args, size_t size);
+#define attn_backward_args_init(args) attn_backward_args_init_size((args), sizeof *(args))
+
+/*
+ * Computes the gradients of a loss L with respect to q, k, v (and the bias) from dout = dL/dout,
+ * for the attention attn_forward computed with the same context and arguments:
+ *   P = softmax(scale Q Kᵀ + bias) over the visible keys, recomputed from the saved lse;
+ *   dV = Pᵀ dO;  dP = dO Vᵀ;  dS = P ∘ (dP - rowsum(dO ∘ O));  dQ = scale dS K;  dK = scale dSᵀ Q;
+ *   dbias = dS (summed over the bias's broadcast axes).
+ * Every product is a cblas_sgemm on tiles; tiles that causal, window or kv_lens hide are skipped;
+ * no Lq x Lk buffer exists and nothing is allocated. The work is split so that each gradient
+ * element is owned by one task (a key-major pass for dK and dV, a query-major pass for dQ and
+ * dbias), so results are bitwise identical for any thread count, with no atomics.
+ * A row that saw no key (lse = -inf) contributes nothing: its dq row is 0, and it adds nothing to
+ * dk, dv or dbias. Positions hidden by a mask, a structured bound or a -inf bias get dbias 0; keys
+ * no row sees get dk = dv = 0.
+ *   ctx:  a context whose desc.ops includes ATTN_OP_BACKWARD (with the forward's descriptor:
+ *         heads, dims, scale, causal, window); one thread at a time.
+ *   args: read during the call only. Inputs are never written; outputs (dq, dk, dv, dbias) must
+ *         not overlap inputs or each other (by address span, as in attn_forward).
+ * Returns ATTN_OK, or: ATTN_ERR_NULL_POINTER (ctx, args, q, k, v, out, dout, lse, dq, dk or dv
+ * NULL), ATTN_ERR_STRUCT_SIZE, ATTN_ERR_ZERO_SIZE, ATTN_ERR_BAD_OPTION (dbias without bias, or a
+ * context created without ATTN_OP_BACKWARD), ATTN_ERR_STRIDE, ATTN_ERR_OVERFLOW, ATTN_ERR_OFFSET,
+ * ATTN_ERR_KV_LENS, ATTN_ERR_ALIAS. On failure nothing is written; attn_last_error(ctx) says why.
+ */
+ATTN_EXPORT attn_status attn_backward(attn_ctx *ctx, const attn_backward_args *args);
 
 #ifdef __cplusplus
 }

@@ -3,6 +3,7 @@
  * the part of each operation its descriptor asks for (desc.ops). A new operation adds its
  * reserve function to the table below; the context itself (core/) stays unaware of it.
  */
+#include "attention/backward.h"
 #include "attention/forward.h"
 #include "engine/scratch.h"
 
@@ -13,6 +14,7 @@ typedef struct op_entry {
 
 static const op_entry ops[] = {
     {ATTN_OP_FORWARD, attn_forward_reserve},
+    {ATTN_OP_BACKWARD, attn_backward_reserve},
 };
 
 static void reserve_all(attn_arena *a, attn_ctx *ctx)

@@ -43,7 +43,7 @@ void(attn_desc_init)(attn_desc *desc)
     attn_desc_init_size(desc, DESC_SIZE_0_1);
 }
 
-#define KNOWN_OPS ATTN_OP_FORWARD
+#define KNOWN_OPS (ATTN_OP_FORWARD | ATTN_OP_BACKWARD)
 
 attn_status attn_desc_resolve(const attn_desc *caller, attn_desc *d)
 {

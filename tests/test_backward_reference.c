@@ -1,0 +1,184 @@
+/*
+ * The 40 backward problems of tests/data/training/backward (gradients computed independently in
+ * float64 by PyTorch autograd): the float64 backward oracle is first checked against them to
+ * 1e-9, then attn_backward, fed with libattn's own forward output and lse, must match PyTorch's
+ * dq, dk, dv and dbias within the oracle's tolerances, under both masked-row policies.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <attn/attn.h>
+
+#include "support/manifest.h"
+#include "support/npy.h"
+#include "support/reference_backward.h"
+#include "support/util.h"
+
+#define NCASES 40
+
+static char *manifest;
+
+static npy_array load(const char *case_name, const char *file, int required)
+{
+    char path[512], err[600];
+    snprintf(path, sizeof path, "%s/%s/%s.npy", ATTN_TEST_BACKWARD_DIR, case_name, file);
+    npy_array a;
+    if (npy_load(path, &a, err, sizeof err) != 0) {
+        if (required)
+            fail_msg("%s", err);
+        memset(&a, 0, sizeof a);
+    }
+    return a;
+}
+
+static attn_strides broadcast_strides(const npy_array *a)
+{
+    attn_strides s = {a->shape[0] == 1 ? 0 : a->shape[1] * a->shape[2] * a->shape[3],
+                      a->shape[1] == 1 ? 0 : a->shape[2] * a->shape[3],
+                      a->shape[2] == 1 ? 0 : a->shape[3]};
+    return s;
+}
+
+static void expect_close_1e9(const char *what, const double *ours, const double *theirs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!(fabs(ours[i] - theirs[i]) <= 1e-9 * (1.0 + fabs(theirs[i]))))
+            fail_msg("oracle %s[%zu] = %.12g, PyTorch %.12g", what, i, ours[i], theirs[i]);
+}
+
+static void run_case(int index, attn_masked_rows policy, grad_stats *st)
+{
+    manifest_case c;
+    assert_int_equal(manifest_case_at(manifest, index, &c), 0);
+    npy_array q = load(c.name, "q", 1), k = load(c.name, "k", 1), v = load(c.name, "v", 1);
+    npy_array dout = load(c.name, "dout", 1), xdq = load(c.name, "dq", 1);
+    npy_array xdk = load(c.name, "dk", 1), xdv = load(c.name, "dv", 1);
+    npy_array bias = load(c.name, "bias", c.has_bias), mask = load(c.name, "mask", c.has_mask);
+    npy_array xdb = load(c.name, "dbias", c.has_bias);
+
+    attn_desc d;
+    attn_desc_init(&d);
+    d.q_heads = (uint32_t)c.Hq, d.kv_heads = (uint32_t)c.Hkv;
+    d.qk_dim = (uint32_t)c.D, d.v_dim = (uint32_t)c.Dv;
+    d.scale = (float)c.scale;
+    d.flags = c.causal ? ATTN_CAUSAL : 0;
+    d.window_left = c.window_left, d.window_right = c.window_right;
+    d.masked_rows = policy;
+    d.ops = ATTN_OP_FORWARD | ATTN_OP_BACKWARD;
+    attn_ctx *ctx;
+    assert_int_equal(attn_create(&d, &ctx), ATTN_OK);
+
+    size_t rows = (size_t)(c.B * c.Hq * c.Lq);
+    float *o = xcalloc(rows * c.Dv, sizeof(float)), *l = xcalloc(rows, sizeof(float));
+    attn_args a;
+    attn_args_init(&a);
+    a.batch = (uint32_t)c.B, a.q_len = (uint32_t)c.Lq, a.kv_len = (uint32_t)c.Lk;
+    a.q = q.data, a.q_strides = attn_strides_bhsd(d.q_heads, a.q_len, d.qk_dim);
+    a.k = k.data, a.k_strides = attn_strides_bhsd(d.kv_heads, a.kv_len, d.qk_dim);
+    a.v = v.data, a.v_strides = attn_strides_bhsd(d.kv_heads, a.kv_len, d.v_dim);
+    a.out = o, a.out_strides = attn_strides_bhsd(d.q_heads, a.q_len, d.v_dim);
+    a.q_offset = c.q_offset == c.Lk - c.Lq ? ATTN_Q_OFFSET_DEFAULT : c.q_offset;
+    a.kv_lens = c.has_kv_lens ? c.kv_lens : NULL;
+    if (c.has_bias)
+        a.bias = bias.data, a.bias_strides = broadcast_strides(&bias);
+    if (c.has_mask)
+        a.mask = mask.data, a.mask_strides = broadcast_strides(&mask);
+    a.lse = l;
+    assert_int_equal(attn_forward(ctx, &a), ATTN_OK);
+
+    float *dq = xcalloc(rows * c.D, sizeof(float));
+    float *dk = xcalloc((size_t)(c.B * c.Hkv * c.Lk * c.D), sizeof(float));
+    float *dv = xcalloc((size_t)(c.B * c.Hkv * c.Lk * c.Dv), sizeof(float));
+    float *db = c.has_bias ? xcalloc(bias.count, sizeof(float)) : NULL;
+    attn_backward_args g;
+    attn_backward_args_init(&g);
+    g.batch = a.batch, g.q_len = a.q_len, g.kv_len = a.kv_len;
+    g.q = a.q, g.q_strides = a.q_strides, g.k = a.k, g.k_strides = a.k_strides;
+    g.v = a.v, g.v_strides = a.v_strides, g.out = o, g.out_strides = a.out_strides;
+    g.dout = dout.data, g.dout_strides = a.out_strides, g.lse = l;
+    g.q_offset = a.q_offset, g.kv_lens = a.kv_lens;
+    g.mask = a.mask, g.mask_strides = a.mask_strides, g.bias = a.bias, g.bias_strides = a.bias_strides;
+    g.dq = dq, g.dq_strides = a.q_strides, g.dk = dk, g.dk_strides = a.k_strides;
+    g.dv = dv, g.dv_strides = a.v_strides, g.dbias = db;
+    attn_status status = attn_backward(ctx, &g);
+    if (status != ATTN_OK)
+        fail_msg("%s: %s (%s)", c.name, attn_status_str(status), attn_last_error(ctx));
+
+    /* the oracle against PyTorch first */
+    ref_problem p = ref_problem_from(&d, &a);
+    p.scale = c.scale;
+    ref_result r;
+    ref_attention(&p, &r);
+    const float *gf = dout.data;
+    double *gd = xcalloc(rows * c.Dv, sizeof(double));
+    for (size_t i = 0; i < rows * c.Dv; i++)
+        gd[i] = gf[i];
+    ref_grads rg;
+    ref_backward(&p, &r, gd, &rg);
+    size_t nk = (size_t)(c.B * c.Hkv * c.Lk);
+    expect_close_1e9("dq", rg.dq, xdq.data, rows * c.D);
+    expect_close_1e9("dk", rg.dk, xdk.data, nk * c.D);
+    expect_close_1e9("dv", rg.dv, xdv.data, nk * c.Dv);
+    if (c.has_bias) {
+        assert_int_equal(xdb.count, (size_t)(rg.Bb * rg.Hb * rg.Lqb * c.Lk));
+        expect_close_1e9("dbias", rg.dbias, xdb.data, xdb.count);
+    }
+    /* then the library against PyTorch, with the oracle's tolerances */
+    memcpy(rg.dq, xdq.data, rows * c.D * sizeof(double));
+    memcpy(rg.dk, xdk.data, nk * c.D * sizeof(double));
+    memcpy(rg.dv, xdv.data, nk * c.Dv * sizeof(double));
+    check_grad("dq", dq, a.q_strides, c.B, c.Hq, c.Lq, c.D, rg.dq, rg.dq_tol, c.name, st);
+    check_grad("dk", dk, a.k_strides, c.B, c.Hkv, c.Lk, c.D, rg.dk, rg.dk_tol, c.name, st);
+    check_grad("dv", dv, a.v_strides, c.B, c.Hkv, c.Lk, c.Dv, rg.dv, rg.dv_tol, c.name, st);
+    if (c.has_bias) {
+        memcpy(rg.dbias, xdb.data, xdb.count * sizeof(double));
+        attn_strides s = {rg.Hb * rg.Lqb * c.Lk, rg.Lqb * c.Lk, c.Lk};
+        check_grad("dbias", db, s, rg.Bb, rg.Hb, rg.Lqb, c.Lk, rg.dbias, rg.dbias_tol, c.name, st);
+    }
+    if (st->failures)
+        fail_msg("%ld of %ld gradients out of tolerance; first: %s", st->failures, st->compared,
+                 st->first_failure);
+    ref_grads_free(&rg), ref_free(&r), free(gd);
+    free(o), free(l), free(dq), free(dk), free(dv), free(db);
+    npy_free(&q), npy_free(&k), npy_free(&v), npy_free(&dout), npy_free(&xdq), npy_free(&xdk);
+    npy_free(&xdv), npy_free(&bias), npy_free(&mask), npy_free(&xdb);
+    attn_destroy(ctx);
+}
+
+static grad_stats totals;
+
+static void test_case(void **state)
+{
+    int index = (int)(intptr_t)*state;
+    run_case(index, ATTN_MASKED_ROWS_ZERO, &totals);
+    run_case(index, ATTN_MASKED_ROWS_NAN, &totals);
+}
+
+int main(void)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/manifest.json", ATTN_TEST_BACKWARD_DIR);
+    manifest = manifest_read(path);
+    if (!manifest) {
+        fprintf(stderr, "cannot read %s\n", path);
+        return 1;
+    }
+    static char names[NCASES][32];
+    struct CMUnitTest tests[NCASES];
+    for (int i = 0; i < NCASES; i++) {
+        snprintf(names[i], sizeof names[i], "case%03d", i);
+        tests[i] = (struct CMUnitTest){names[i], test_case, NULL, NULL, (void *)(intptr_t)i};
+    }
+    int failed = cmocka_run_group_tests_name("backward_reference", tests, NULL, NULL);
+    printf("kernel variant %s: %ld gradients compared, worst error/tolerance %.3f\n",
+           attn_kernel_isa(), totals.compared, totals.worst_ratio);
+    free(manifest);
+    return failed;
+}
