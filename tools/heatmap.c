@@ -216,7 +216,8 @@ int heatmap_svg(FILE *f, const heatmap *h)
             fputs(": ", f);
             put_value(f, v);
             fputs("</title></rect>\n", f);
-            if (cell >= 24.0 && isfinite(v)) {
+            /* The value in the cell, when it fits; hidden keys (exact zeros) stay blank. */
+            if (cell >= 24.0 && isfinite(v) && v != 0.0) {
                 double lum = (0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]) / 255.0;
                 fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"8\" text-anchor=\"middle\" "
                            "fill=\"%s\" pointer-events=\"none\">%.2f</text>\n",
