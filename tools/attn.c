@@ -66,24 +66,25 @@ static int parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out)
     return 0;
 }
 
-/* Parses "a,b,c" into at most max int64 values; returns the count or -1. */
-static int parse_list(const char *s, int64_t lo, int64_t hi, int64_t *vals, int max)
+/* Parses "a,b,c" into at most max int64 values; returns the count, or -1 for a malformed list
+ * or one longer than max. */
+static long parse_list(const char *s, int64_t lo, int64_t hi, int64_t *vals, size_t max)
 {
-    char buf[4096];
-    if (!s || strlen(s) >= sizeof buf)
-        return -1;
-    strcpy(buf, s);
-    int n = 0;
-    char *p = buf;
+    size_t n = 0;
+    const char *p = s;
     for (;;) {
-        char *comma = strchr(p, ',');
-        if (comma)
-            *comma = '\0';
-        if (n == max || parse_i64(p, lo, hi, &vals[n]) != 0)
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        char buf[32];
+        if (n == max || len >= sizeof buf)
+            return -1;
+        memcpy(buf, p, len);
+        buf[len] = '\0';
+        if (parse_i64(buf, lo, hi, &vals[n]) != 0)
             return -1;
         n++;
         if (!comma)
-            return n;
+            return (long)n;
         p = comma + 1;
     }
 }
@@ -434,25 +435,30 @@ static int cmd_run(int argc, char **argv)
     }
 
     if (kvlens_arg) {
-        int64_t vals[1024];
-        int n = parse_list(kvlens_arg, INT32_MIN, INT32_MAX, vals, 1024);
+        size_t max = 1;
+        for (const char *p = kvlens_arg; *p; p++)
+            max += *p == ',';
+        int64_t *vals = malloc(sizeof *vals * max);
+        kv_lens = malloc(sizeof *kv_lens * max);
+        if (!vals || !kv_lens) {
+            free(vals);
+            rc = complain(EXIT_SYSTEM, "out of memory");
+            goto done;
+        }
+        long n = parse_list(kvlens_arg, INT32_MIN, INT32_MAX, vals, max);
+        for (long i = 0; i < n; i++)
+            kv_lens[i] = (int32_t)vals[i];
+        free(vals);
         if (n < 0) {
             rc = usage_error("--kv-lens takes comma-separated 32-bit integers, not '%s'",
                              kvlens_arg);
             goto done;
         }
         if ((uint64_t)n != B) {
-            rc = usage_error("--kv-lens has %d value%s, the batch is %" PRIu64, n,
+            rc = usage_error("--kv-lens has %ld value%s, the batch is %" PRIu64, n,
                              n == 1 ? "" : "s", B);
             goto done;
         }
-        kv_lens = malloc(sizeof *kv_lens * (size_t)n);
-        if (!kv_lens) {
-            rc = complain(EXIT_SYSTEM, "out of memory");
-            goto done;
-        }
-        for (int i = 0; i < n; i++)
-            kv_lens[i] = (int32_t)vals[i];
     }
 
     attn_args args;

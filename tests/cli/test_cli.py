@@ -200,6 +200,11 @@ def test_run(d):
     case("head-mean kv-lens mask", f32(3, 4, 6, 8), f32(3, 2, 10, 8), f32(3, 2, 10, 8), "bhsd",
          ["--mask", P("mask.npy"), "--kv-lens", "10,4,7"],
          {"mask": mask3, "kv_lens": [10, 4, 7]}, ("out", "weights"), head_mean=True)
+    # A batch larger than any fixed-size list: 1500 kv_lens, zeros among them (rows that see
+    # no key).
+    lens = rng.integers(0, 4, 1500)
+    case("1500 kv-lens", f32(1500, 1, 2, 4), f32(1500, 1, 3, 4), f32(1500, 1, 3, 4), "bhsd",
+         ["--kv-lens", ",".join(map(str, lens))], {"kv_lens": lens}, ("out", "lse"))
     # A float bias with -inf entries (hides keys) broadcast over heads: [B, 1, Sq, Skv].
     biasinf = f32(2, 1, 4, 6)
     biasinf[:, :, :, 2] = -np.inf
