@@ -271,6 +271,22 @@ static int cube(const unsigned rgb[3])
     return 16 + 36 * idx[0] + 6 * idx[1] + idx[2];
 }
 
+/* Writes at most width characters of a UTF-8 label, right-aligned in width columns (control
+ * characters as '?'; a sequence is never cut). */
+static void put_padded(FILE *f, const char *s, size_t width)
+{
+    size_t chars = 0, bytes = 0;
+    while (s[bytes] && chars < width) {
+        bytes++;
+        while (((unsigned char)s[bytes] & 0xc0) == 0x80)
+            bytes++;
+        chars++;
+    }
+    fprintf(f, "%*s", (int)(width - chars), "");
+    for (size_t i = 0; i < bytes; i++)
+        fputc((unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i], f);
+}
+
 int heatmap_terminal(FILE *f, const heatmap *h)
 {
     if (!h->rows || !h->cols)
@@ -283,7 +299,7 @@ int heatmap_terminal(FILE *f, const heatmap *h)
         maxcol = n > maxcol ? n : maxcol;
     }
     for (size_t i = 0; i < h->rows; i++) {
-        size_t n = strlen(label(h->row_labels, i, nb, sizeof nb));
+        size_t n = text_len(label(h->row_labels, i, nb, sizeof nb), LABEL_MAX);
         width = n > width ? n : width;
     }
     if (maxcol > VERT)
@@ -305,8 +321,8 @@ int heatmap_terminal(FILE *f, const heatmap *h)
     }
     for (size_t i = 0; i < h->rows; i++) {
         const float *row = h->values + i * h->stride;
-        const char *s = label(h->row_labels, i, nb, sizeof nb);
-        fprintf(f, "%*.*s ", (int)width, (int)width, s);
+        put_padded(f, label(h->row_labels, i, nb, sizeof nb), width);
+        fputc(' ', f);
         for (size_t j = 0; j < h->cols; j++) {
             unsigned rgb[3] = {0xbb, 0xbb, 0xbb};
             if (!isnan(row[j]))
