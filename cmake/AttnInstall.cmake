@@ -48,8 +48,8 @@ configure_file(cmake/attn.pc.in ${PROJECT_BINARY_DIR}/attn.pc @ONLY)
 install(FILES ${PROJECT_BINARY_DIR}/attn.pc DESTINATION ${ATTN_PC_DIR} COMPONENT Development)
 
 # ---- Debian packages: libattn<major.minor> (the library) and libattn-dev (headers, CMake
-# package, pkg-config file, the libattn.so link). `cpack -G DEB` in a build configured with
-# -DCMAKE_INSTALL_PREFIX=/usr.
+# package, pkg-config file, the libattn.so link, the attn tool and its man page). `cpack -G DEB`
+# in a build configured with -DCMAKE_INSTALL_PREFIX=/usr.
 set(CPACK_PACKAGE_NAME "libattn")
 set(CPACK_PACKAGE_VENDOR "The libattn authors")
 set(CPACK_PACKAGE_CONTACT "The libattn authors <libattn@users.noreply.github.com>")
@@ -74,5 +74,5 @@ else()
 endif()
 set(CPACK_COMPONENT_RUNTIME_DESCRIPTION "libattn shared library")
 set(CPACK_COMPONENT_DEVELOPMENT_DESCRIPTION
-    "libattn headers, CMake package (find_package(attn)) and pkg-config file")
+    "libattn headers, CMake package (find_package(attn)), pkg-config file and the attn tool")
 include(CPack)

@@ -4,6 +4,7 @@
  * weights show which source words it reads. The embeddings are synthetic: every concept gets a
  * random vector, and a word's query/key is its concept's vector plus a little noise, so a
  * translation's words align with their counterparts ("the" reads both "die" and "der").
+ * It also draws the weights as an SVG heat map, attention.svg (or the path given as argument).
  */
 #include <math.h>
 #include <stdint.h>
@@ -12,6 +13,8 @@
 #include <string.h>
 
 #include <attn/attn.h>
+
+#include "heatmap.h" /* tools/heatmap.h: the SVG writer the attn tool uses */
 
 enum { DIM = 32, SRC = 8, TGT = 7 };
 
@@ -40,8 +43,9 @@ static int check(attn_status st, const attn_ctx *ctx, const char *what)
     return 1;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    const char *svg_path = argc > 1 ? argv[1] : "attention.svg";
     float concept[CONCEPTS][DIM];
     for (int c = 0; c < CONCEPTS; c++)
         for (int d = 0; d < DIM; d++)
@@ -127,5 +131,21 @@ int main(void)
         printf("  %-7s -> %s\n", tgt_words[i], src_words[best]);
     }
     attn_destroy(ctx);
+
+    heatmap map = {.rows = TGT, .cols = SRC, .values = &weights[0][0], .stride = SRC,
+                   .row_labels = tgt_words, .col_labels = src_words,
+                   .title = "cross-attention: decoder words over encoder words",
+                   .row_axis = "decoder (query)", .col_axis = "encoder (key)"};
+    FILE *f = fopen(svg_path, "w");
+    int bad = !f || heatmap_svg(f, &map) != 0;
+    if (f && fclose(f) != 0)
+        bad = 1;
+    if (bad) {
+        fprintf(stderr, "cannot write %s\n", svg_path);
+        if (f)
+            remove(svg_path);
+        return 1;
+    }
+    printf("\nthe weights as a heat map: %s (open it in a browser)\n", svg_path);
     return 0;
 }

@@ -48,3 +48,14 @@ case "$kind" in
 esac
 "$work/bare"
 show_lib "$work/bare"
+
+# The attn tool and its man page come with the library (libattn-dev in the Debian packages);
+# run it with no library search path, as a user would: its RUNPATH or the system finds libattn.
+say "the attn tool"
+tool="$prefix/bin/attn"
+[ "$kind" = system ] && tool=$(command -v attn)
+test -x "$tool" || { echo "   $prefix/bin/attn not installed"; exit 1; }
+test -f "$prefix/share/man/man1/attn.1" || { echo "   attn.1 not installed"; exit 1; }
+env -u LD_LIBRARY_PATH "$tool" --version | sed 's/^/   /'
+env -u LD_LIBRARY_PATH "$tool" info --q-heads 8 --kv-heads 2 --qk-dim 64 --v-dim 64 --threads 1 |
+  grep -E '^(libattn|workspace)' | sed 's/^/   /'
