@@ -6,7 +6,8 @@
  *   - the streaming read bandwidth: N threads reading disjoint parts of a 512 MiB buffer.
  * Every timed run of a case is preceded by one ceiling sample (and, for decode cases, one
  * bandwidth sample); a case reports the median of its runs in GFLOP/s (4·B·H·Lq·Lk·D per second,
- * halved for causal) and the median of the per-run ratios to the ceiling; decode cases also
+ * halved for causal; backward cases count 2.5 times that, the five products of the textbook
+ * backward) and the median of the per-run ratios to the ceiling; decode cases also
  * report the bytes of K and V read per second and their ratio to the read bandwidth. Each case
  * reports its peak resident memory above what the program held before it ("peak MiB") next to
  * the size of its inputs and outputs ("data MiB"). Progress goes to stderr.
@@ -30,18 +31,22 @@ typedef struct bench_case {
     const char *name;
     uint32_t B, Hq, Hkv, Lq, Lk, D;
     int causal, decode, opt_in;
+    int backward; /* time attn_backward; its GFLOP/s count 2.5x the forward's flops */
 } bench_case;
 
 static const bench_case cases[] = {
-    {"enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0},
-    {"causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0},
-    {"bert-512", 4, 12, 12, 512, 512, 64, 0, 0, 0},
-    {"d128-2k", 1, 8, 8, 2048, 2048, 128, 0, 0, 0},
-    {"gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0},
-    {"decode-4k", 1, 32, 32, 1, 4096, 128, 0, 1, 0},
-    {"decode-gqa-8k", 1, 32, 8, 1, 8192, 128, 0, 1, 0},
-    {"long-8k", 1, 1, 1, 8192, 8192, 64, 1, 0, 0},
-    {"long-64k", 1, 1, 1, 65536, 65536, 64, 1, 0, 1},
+    {"enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0},
+    {"causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 0},
+    {"bert-512", 4, 12, 12, 512, 512, 64, 0, 0, 0, 0},
+    {"d128-2k", 1, 8, 8, 2048, 2048, 128, 0, 0, 0, 0},
+    {"gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 0},
+    {"decode-4k", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0},
+    {"decode-gqa-8k", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0},
+    {"long-8k", 1, 1, 1, 8192, 8192, 64, 1, 0, 0, 0},
+    {"long-64k", 1, 1, 1, 65536, 65536, 64, 1, 0, 1, 0},
+    {"bwd-enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 1},
+    {"bwd-causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 1},
+    {"bwd-gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 1},
 };
 enum { NCASES = sizeof cases / sizeof cases[0] };
 
@@ -226,11 +231,12 @@ static double status_mib(const char *field)
 
 /* ---- one case ----------------------------------------------------------------------------- */
 
-/* One case's inputs and outputs in [B, H, S, D] layout, and the call that uses them. */
+/* One case's inputs and outputs in [B, H, S, D] layout, and the calls that use them. */
 typedef struct case_data {
-    float *q, *k, *v, *out;
+    float *q, *k, *v, *out, *lse, *dout, *dq, *dk, *dv;
     size_t nq, nkv;
     attn_args args;
+    attn_backward_args bwd;
 } case_data;
 
 static void case_data_init(const bench_case *c, case_data *cd)
@@ -246,11 +252,42 @@ static void case_data_init(const bench_case *c, case_data *cd)
     a->k = cd->k, a->k_strides = attn_strides_bhsd(c->Hkv, c->Lk, c->D);
     a->v = cd->v, a->v_strides = attn_strides_bhsd(c->Hkv, c->Lk, c->D);
     a->out = cd->out, a->out_strides = attn_strides_bhsd(c->Hq, c->Lq, c->D);
+    cd->lse = cd->dout = cd->dq = cd->dk = cd->dv = NULL;
+    attn_backward_args_init(&cd->bwd);
+    if (!c->backward)
+        return;
+    cd->lse = random_buffer((size_t)c->B * c->Hq * c->Lq, 15);
+    a->lse = cd->lse;
+    cd->dout = random_buffer(cd->nq, 16), cd->dq = random_buffer(cd->nq, 17);
+    cd->dk = random_buffer(cd->nkv, 18), cd->dv = random_buffer(cd->nkv, 19);
+    attn_backward_args *g = &cd->bwd;
+    g->batch = a->batch, g->q_len = a->q_len, g->kv_len = a->kv_len;
+    g->q = a->q, g->q_strides = a->q_strides, g->k = a->k, g->k_strides = a->k_strides;
+    g->v = a->v, g->v_strides = a->v_strides, g->out = a->out, g->out_strides = a->out_strides;
+    g->dout = cd->dout, g->dout_strides = a->out_strides, g->lse = cd->lse;
+    g->dq = cd->dq, g->dq_strides = a->q_strides, g->dk = cd->dk, g->dk_strides = a->k_strides;
+    g->dv = cd->dv, g->dv_strides = a->v_strides;
 }
 
 static void case_data_free(case_data *cd)
 {
     free(cd->q), free(cd->k), free(cd->v), free(cd->out);
+    free(cd->lse), free(cd->dout), free(cd->dq), free(cd->dk), free(cd->dv);
+}
+
+/* The timed call of a case: the forward, or (backward cases) the backward of the forward that
+ * case_call_setup ran once. */
+static attn_status case_call(const bench_case *c, attn_ctx *ctx, const case_data *cd)
+{
+    return c->backward ? attn_backward(ctx, &cd->bwd) : attn_forward(ctx, &cd->args);
+}
+
+static void case_call_setup(const bench_case *c, attn_ctx *ctx, const case_data *cd)
+{
+    if (c->backward && attn_forward(ctx, &cd->args) != ATTN_OK) {
+        fprintf(stderr, "attn-bench: %s: %s\n", c->name, attn_last_error(ctx));
+        exit(1);
+    }
 }
 
 /* A context for the case on `threads` threads; exits with the reason if it cannot be made. */
@@ -261,6 +298,7 @@ static attn_ctx *case_context(const bench_case *c, uint32_t threads, size_t *wor
     d.q_heads = c->Hq, d.kv_heads = c->Hkv, d.qk_dim = d.v_dim = c->D;
     d.flags = c->causal ? ATTN_CAUSAL : 0;
     d.threads = threads;
+    d.ops = c->backward ? ATTN_OP_FORWARD | ATTN_OP_BACKWARD : ATTN_OP_FORWARD;
     attn_ctx *ctx;
     if (attn_create(&d, &ctx) != ATTN_OK) {
         fprintf(stderr, "attn-bench: %s: %s\n", c->name, attn_last_error(NULL));
@@ -284,10 +322,14 @@ static result run_case(const bench_case *c, uint32_t threads, int reps, machine 
     case_data cd;
     case_data_init(c, &cd);
     res.data_mib = (double)(2 * cd.nq + 2 * cd.nkv) * sizeof(float) / (1 << 20);
+    if (c->backward) /* + dout, dq, dk, dv and lse */
+        res.data_mib += (double)(2 * cd.nq + 2 * cd.nkv + (size_t)c->B * c->Hq * c->Lq) *
+                        sizeof(float) / (1 << 20);
     attn_ctx *ctx = case_context(c, threads, &res.workspace);
-    attn_args a = cd.args;
     attn_status st;
-    double flops = 4.0 * c->B * c->Hq * (double)c->Lq * c->Lk * c->D * (c->causal ? 0.5 : 1.0);
+    case_call_setup(c, ctx, &cd);
+    double flops = 4.0 * c->B * c->Hq * (double)c->Lq * c->Lk * c->D * (c->causal ? 0.5 : 1.0) *
+                   (c->backward ? 2.5 : 1.0);
     double bytes = 2.0 * (double)cd.nkv * sizeof(float);
     enum { MAXREPS = 64 };
     double t[MAXREPS], ceil[MAXREPS], ratio[MAXREPS], bw[MAXREPS], bw_ratio[MAXREPS];
@@ -295,7 +337,7 @@ static result run_case(const bench_case *c, uint32_t threads, int reps, machine 
     /* warm-up: page faults, caches, clock ramp; at least one call and a quarter second */
     double warm_until = now() + 0.25;
     do {
-        if ((st = attn_forward(ctx, &a)) != ATTN_OK) {
+        if ((st = case_call(c, ctx, &cd)) != ATTN_OK) {
             fprintf(stderr, "attn-bench: %s: %s\n", c->name, attn_last_error(ctx));
             exit(1);
         }
@@ -305,7 +347,7 @@ static result run_case(const bench_case *c, uint32_t threads, int reps, machine 
         if (c->decode)
             bw[r] = bandwidth_sample(m);
         double t0 = now();
-        attn_forward(ctx, &a);
+        case_call(c, ctx, &cd);
         t[r] = now() - t0;
         ratio[r] = flops / t[r] / 1e9 / ceil[r];
         if (c->decode)
@@ -334,19 +376,19 @@ static double scaling(const bench_case *c, uint32_t threads, int reps)
     case_data cd;
     case_data_init(c, &cd);
     attn_ctx *ctx[2] = {case_context(c, 1, NULL), case_context(c, threads, NULL)};
-    const attn_args a = cd.args;
+    case_call_setup(c, ctx[0], &cd);
     double ratio[64];
     reps = reps > 64 ? 64 : reps;
     double warm_until = now() + 0.25;
     do {
-        attn_forward(ctx[0], &a);
-        attn_forward(ctx[1], &a);
+        case_call(c, ctx[0], &cd);
+        case_call(c, ctx[1], &cd);
     } while (now() < warm_until);
     for (int r = 0; r < reps; r++) {
         double t0 = now();
-        attn_forward(ctx[0], &a);
+        case_call(c, ctx[0], &cd);
         double t1 = now();
-        attn_forward(ctx[1], &a);
+        case_call(c, ctx[1], &cd);
         ratio[r] = (t1 - t0) / (now() - t1);
         fprintf(stderr, "\r  %-14s pair %d/%d", c->name, r + 1, reps);
     }
