@@ -12,10 +12,14 @@
  * reports its peak resident memory above what the program held before it ("peak MiB") next to
  * the size of its inputs and outputs ("data MiB"). Progress goes to stderr.
  *
+ * It first names the BLAS, its core type and any OPENBLAS_* variable that overrides it, and
+ * warns when the BLAS runs narrower kernels than the CPU has.
+ *
  *   attn-bench [--threads N] [--case NAME]... [--reps N] [--json] [--list]
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <strings.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -81,6 +85,61 @@ static float *random_buffer(size_t n, uint64_t seed)
         p[i] = (float)((double)(seed >> 40) * 0x1p-24 - 0.5);
     }
     return p;
+}
+
+/* ---- the BLAS in use ---------------------------------------------------------------------- */
+
+static const char *blas_string(const char *fn_name)
+{
+    void *f = dlsym(RTLD_DEFAULT, fn_name);
+    if (!f)
+        return NULL;
+    char *(*fn)(void);
+    memcpy(&fn, &f, sizeof fn);
+    return fn();
+}
+
+/* OpenBLAS's core type names whose kernels use AVX-512 (0.3.21). */
+static int core_is_avx512(const char *core)
+{
+    static const char *const wide[] = {"skylakex", "cooperlake", "sapphirerapids"};
+    for (size_t i = 0; i < sizeof wide / sizeof wide[0]; i++)
+        if (strcasecmp(core, wide[i]) == 0)
+            return 1;
+    return 0;
+}
+
+typedef struct blas_info {
+    char name[160];        /* openblas_get_config(), "BLIS", or "unknown" */
+    char core[48];         /* openblas_get_corename(), or "" */
+    char overrides[256];   /* OPENBLAS_* variables that change its choice, or "" */
+    char warning[256];     /* "" when the BLAS runs the widest kernel the CPU has */
+} blas_info;
+
+static blas_info blas_describe(void)
+{
+    blas_info b;
+    memset(&b, 0, sizeof b);
+    const char *cfg = blas_string("openblas_get_config"), *core = blas_string("openblas_get_corename");
+    snprintf(b.name, sizeof b.name, "%s",
+             cfg ? cfg : dlsym(RTLD_DEFAULT, "bli_info_get_version_str") ? "BLIS" : "unknown");
+    snprintf(b.core, sizeof b.core, "%s", core ? core : "");
+    static const char *const vars[] = {"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_VERBOSE"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (v) {
+            size_t n = strlen(b.overrides);
+            snprintf(b.overrides + n, sizeof b.overrides - n, "%s%s=%s", n ? " " : "", vars[i], v);
+        }
+    }
+    __builtin_cpu_init();
+    if (core && __builtin_cpu_supports("avx512f") && !core_is_avx512(core))
+        snprintf(b.warning, sizeof b.warning,
+                 "the CPU has AVX-512 but OpenBLAS runs its %s kernels%s", core,
+                 b.overrides[0] ? ", forced by the environment: the figures are not those of a "
+                                  "machine without these variables"
+                                : "");
+    return b;
 }
 
 /* ---- ceilings ----------------------------------------------------------------------------- */
@@ -482,6 +541,14 @@ int main(int argc, char **argv)
     double c0[16], b0[16];
     for (int r = 0; r < 5; r++)
         c0[r] = ceiling_sample(&m), b0[r] = bandwidth_sample(&m);
+    blas_info blas = blas_describe();
+    /* The BLAS report goes to stdout with the table, to stderr with --json (one object a line). */
+    FILE *info = json ? stderr : stdout;
+    fprintf(info, "BLAS: %s%s%s\n", blas.name, blas.core[0] ? ", core " : "", blas.core);
+    if (blas.overrides[0])
+        fprintf(info, "BLAS overridden by the environment: %s\n", blas.overrides);
+    if (blas.warning[0])
+        fprintf(info, "WARNING: %s\n", blas.warning);
     if (!json) {
         printf("libattn %s, %s kernels, %d threads\n", attn_version_string(), attn_kernel_isa(),
                nthreads);
@@ -503,9 +570,11 @@ int main(int argc, char **argv)
             printf("{\"case\": \"%s\", \"threads\": %d, \"median_ms\": %.4f, \"gflops\": %.2f, "
                    "\"ceiling_gflops\": %.2f, \"ratio\": %.4f, \"kv_gbps\": %.2f, "
                    "\"read_gbps\": %.2f, \"bandwidth_ratio\": %.4f, \"peak_rss_mib\": %.1f, "
-                   "\"data_mib\": %.1f, \"workspace_kib\": %.1f}\n",
+                   "\"data_mib\": %.1f, \"workspace_kib\": %.1f, \"blas_core\": \"%s\", "
+                   "\"kernels\": \"%s\"}\n",
                    cases[c].name, nthreads, r.ms, r.gflops, r.ceiling, r.ratio, r.gbps,
-                   r.bandwidth, r.bw_ratio, r.rss_mib, r.data_mib, r.workspace / 1024.0);
+                   r.bandwidth, r.bw_ratio, r.rss_mib, r.data_mib, r.workspace / 1024.0,
+                   blas.core[0] ? blas.core : blas.name, attn_kernel_isa());
         } else if (cases[c].decode) {
             printf("%-14s %9.3f %9.1f %9.1f %6.0f%% %9.1f %9.1f %6.0f%% %9.1f %9.1f\n",
                    cases[c].name, r.ms, r.gflops, r.ceiling, 100.0 * r.ratio, r.gbps, r.bandwidth,
