@@ -10,8 +10,12 @@
 
 #include <stdint.h>
 
+#ifndef ATTN_TILE_Q /* overridable for tuning experiments only */
 #define ATTN_TILE_Q 64
+#endif
+#ifndef ATTN_TILE_K
 #define ATTN_TILE_K 256
+#endif
 
 /*
  * The split-key path, for decoding-like shapes: at most ATTN_SPLIT_MAX_QUERIES queries and at
