@@ -515,6 +515,67 @@ class TestContext(Case):
                 np.testing.assert_array_equal(got.lse, want.lse)
 
 
+# ---- references and memory -----------------------------------------------------------------
+
+
+class TestNoLeaks(unittest.TestCase):
+    def test_the_c_core_releases_every_buffer(self):
+        """Each buffer taken by forward() holds a reference to its array until released: the
+        reference counts must be back where they were after successes and failures alike."""
+        rng = np.random.default_rng(50)
+        q, k, v = rand(rng, 2, 2, 3, 4), rand(rng, 2, 1, 5, 4), rand(rng, 2, 1, 5, 4)
+        out = np.empty((2, 2, 3, 4), np.float32)
+        mask = np.ones((2, 2, 3, 5), bool)
+        bias = np.zeros((2, 2, 3, 5), np.float32)
+        lens = np.array([5, 3], np.int32)
+        w = np.empty((2, 2, 3, 5), np.float32)
+        lse = np.empty((2, 2, 3), np.float32)
+        ent = np.empty((2, 2, 3), np.float32)
+        arrays = (q, k, v, out, mask, bias, lens, w, lse, ent)
+        core = _attn.Context(2, 1, 4, 4, 0.0, True, -1, -1, 0, 1)
+        before = [sys.getrefcount(a) for a in arrays]
+        for _ in range(3):
+            core.forward(q, k, v, out, None, lens, mask, bias, 1, w, lse, ent)
+            with self.assertRaises(ValueError):  # libattn rejects: kv_lens above kv_len
+                core.forward(q, k, v, out, None, np.array([9, 9], np.int32), mask, bias, 1, w,
+                             lse, ent)
+            with self.assertRaises(ValueError):  # the core rejects: the last buffer's shape
+                core.forward(q, k, v, out, None, lens, mask, bias, 1, w, lse, ent[:1])
+            with self.assertRaises(ValueError):  # the core rejects: a buffer's dtype
+                core.forward(q, k, v, out, None, lens, mask.astype(np.float32), bias, 1, w)
+        self.assertEqual([sys.getrefcount(a) for a in arrays], before)
+
+    def test_repeated_calls_keep_no_memory(self):
+        """Python-level allocations (numpy's included) after 300 calls, half of them failing,
+        stay where they were after the first ones."""
+        import gc
+        import tracemalloc
+        rng = np.random.default_rng(51)
+        q, k, v = rand(rng, 2, 4, 16, 32), rand(rng, 2, 2, 16, 32), rand(rng, 2, 2, 16, 32)
+        ctx = attn.Context(4, 2, 32)
+
+        def calls(n):
+            for _ in range(n):
+                ctx.forward(q, k, v, return_lse=True, weights="per_head")
+                try:
+                    ctx.forward(q, k, v, kv_lens=[3, 99])
+                except ValueError:
+                    pass
+
+        tracemalloc.start()
+        try:
+            calls(20)
+            gc.collect()
+            first = tracemalloc.get_traced_memory()[0]
+            calls(150)
+            gc.collect()
+            grown = tracemalloc.get_traced_memory()[0] - first
+        finally:
+            tracemalloc.stop()
+        # one leaked output per call would be 150 * 16 KiB
+        self.assertLess(grown, 64 << 10, f"{grown} bytes more after 300 calls")
+
+
 # ---- bad inputs -------------------------------------------------------------------------------
 
 
