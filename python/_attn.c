@@ -91,7 +91,8 @@ static int format_is(const char *fmt, enum elem_kind kind, Py_ssize_t itemsize)
     case ELEM_BOOL:
         return itemsize == 1 && (strcmp(fmt, "?") == 0 || strcmp(fmt, "B") == 0);
     case ELEM_I32:
-        return itemsize == 4 && (strcmp(fmt, "i") == 0 || (sizeof(long) == 4 && strcmp(fmt, "l") == 0));
+        return itemsize == 4 &&
+               (strcmp(fmt, "i") == 0 || (sizeof(long) == 4 && strcmp(fmt, "l") == 0));
     }
     return 0;
 }
@@ -103,7 +104,8 @@ static const char *kind_name(enum elem_kind kind)
 
 /*
  * Acquires `obj` as a tensor of `ndim` dimensions and the given element kind. Strides must be
- * non-negative whole numbers of elements and the last axis contiguous (unless its length is 1);
+ * non-negative whole numbers of elements and the last axis contiguous (strides of axes of
+ * length 0 or 1 are ignored: recorded as 0);
  * `contiguous` additionally asks for C order. Raises ValueError and returns -1 otherwise.
  */
 static int acquire(PyObject *obj, const char *name, int ndim, enum elem_kind kind, int writable,
@@ -141,7 +143,7 @@ static int acquire(PyObject *obj, const char *name, int ndim, enum elem_kind kin
     for (int i = ndim - 1; i >= 0; i--) {
         t->shape[i] = b->shape[i];
         Py_ssize_t s = b->strides ? b->strides[i] : (Py_ssize_t)(expect * b->itemsize);
-        if (b->shape[i] == 1) {
+        if (b->shape[i] <= 1) {
             t->strides[i] = 0; /* never stepped along: any value is fine */
             continue;
         }

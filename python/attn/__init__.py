@@ -120,7 +120,6 @@ def _broadcast_pairwise(x, name, shape, logical_4d, is_mask):
         raise ValueError(f"{name}: {a.ndim} dimensions, expected at most {len(shape)} "
                          f"broadcastable to {shape}")
     try:
-        np.broadcast_shapes(a.shape, shape)
         if np.broadcast_shapes(a.shape, shape) != shape:
             raise ValueError
     except ValueError:
@@ -135,7 +134,7 @@ def _broadcast_pairwise(x, name, shape, logical_4d, is_mask):
         a = a.astype(np.float32)
     lk = shape[-1]
     if a.ndim == 0 or a.shape[-1] != lk or (lk > 1 and a.strides[-1] != a.itemsize) \
-            or any(s < 0 for s in a.strides) or not a.flags.aligned:
+            or any(s < 0 or s % a.itemsize for s in a.strides) or not a.flags.aligned:
         a = np.array(np.broadcast_to(a, a.shape[:-1] + (lk,) if a.ndim else (lk,)), order="C")
     a = np.broadcast_to(a, shape)
     return a if logical_4d else a[np.newaxis]

@@ -432,6 +432,29 @@ class TestStrides(Case):
         res = attn.scaled_dot_product_attention(q, k, v, col, return_lse=True)
         self.check(res, reference(q, k, v, mask=col), lse=True)
 
+    def test_masks_and_biases_that_need_a_copy(self):
+        rng = np.random.default_rng(15)
+        B, H, Lq, Lk = 2, 2, 3, 6
+        q, k, v = rand(rng, B, H, Lq, 4), rand(rng, B, H, Lk, 4), rand(rng, B, H, Lk, 4)
+        b = rand(rng, B, 1, Lq, Lk)
+        packed = np.zeros(b.shape, dtype=[("x", "<f4"), ("pad", "u1")])  # 5-byte strides
+        packed["x"] = b
+        m = rng.random((1, H, Lq, Lk)) < 0.7
+        m[..., 0] = m[..., -1] = True
+        biases = {"float64": b.astype(np.float64), "big-endian": b.astype(">f4"),
+                  "reversed keys": b[..., ::-1], "reversed rows": b[:, :, ::-1],
+                  "5-byte strides": packed["x"], "list": b.tolist()}
+        for name, x in biases.items():
+            with self.subTest(bias=name):
+                values = np.array(x, np.float64)
+                self.check(attn.scaled_dot_product_attention(q, k, v, bias=x),
+                           reference(q, k, v, bias=values))
+        masks = {"reversed keys": m[..., ::-1], "every other key": np.repeat(m, 2, -1)[..., ::2]}
+        for name, x in masks.items():
+            with self.subTest(mask=name):
+                self.check(attn.scaled_dot_product_attention(q, k, v, x),
+                           reference(q, k, v, mask=np.array(x)))
+
 
 # ---- Context and threads ---------------------------------------------------------------------
 
@@ -672,7 +695,8 @@ class TestErrors(unittest.TestCase):
             self.assertEqual(e.status, status)
             self.assertTrue(str(e).startswith("some text ("), str(e))
         # without a message: the status's own description
-        self.assertRegex(str(_attn._error(16, "")), r"^ATTN_ERR_NO_MEMORY: .+ \(ATTN_ERR_NO_MEMORY\)$")
+        self.assertRegex(str(_attn._error(16, "")),
+                         r"^ATTN_ERR_NO_MEMORY: .+ \(ATTN_ERR_NO_MEMORY\)$")
 
     @unittest.skipUnless(sys.platform.startswith("linux"), "needs RLIMIT_AS and /proc")
     def test_real_allocation_and_thread_failures(self):
