@@ -142,26 +142,27 @@ def _broadcast_pairwise(x, name, shape, logical_4d, is_mask):
 
 def _attn_mask(attn_mask, bias, shape, logical_4d):
     """PyTorch's attn_mask (bool: True = takes part; float: added to the scores) and libattn's
-    bias -> (mask, bias) views. A float attn_mask and a bias are summed into one array."""
-    mask_view = bias_view = None
+    bias -> (mask, bias) views. A float attn_mask and a bias are summed into one array (of
+    their broadcast shape, not the full one)."""
+    mask_view = None
+    if bias is not None:
+        bias = np.asarray(bias)
+        if bias.dtype.kind != "f":
+            raise ValueError(f"bias: expected a floating-point array, got dtype {bias.dtype}")
+        bias_view = _broadcast_pairwise(bias, "bias", shape, logical_4d, False)
     if attn_mask is not None:
         m = np.asarray(attn_mask)
         if m.dtype == np.bool_:
             mask_view = _broadcast_pairwise(m, "attn_mask", shape, logical_4d, True)
         elif m.dtype.kind == "f":
+            _broadcast_pairwise(m, "attn_mask", shape, logical_4d, False)  # checks the shape
             if bias is not None:
-                m = np.add(m, np.asarray(bias, dtype=np.float64), dtype=np.float64)
-                bias = None
-            bias_view = _broadcast_pairwise(m, "attn_mask", shape, logical_4d, False)
+                m = np.add(m, bias, dtype=np.float64)
+            bias, bias_view = m, _broadcast_pairwise(m, "attn_mask", shape, logical_4d, False)
         else:
             raise ValueError(f"attn_mask: dtype {m.dtype} is neither bool (True = the key takes "
                              "part in attention) nor floating (added to the scores)")
-    if bias is not None:
-        b = np.asarray(bias)
-        if b.dtype.kind != "f":
-            raise ValueError(f"bias: expected a floating-point array, got dtype {b.dtype}")
-        bias_view = _broadcast_pairwise(b, "bias", shape, logical_4d, False)
-    return mask_view, bias_view
+    return mask_view, (bias_view if bias is not None else None)
 
 
 # ---- Context ------------------------------------------------------------------------------

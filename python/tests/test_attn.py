@@ -650,6 +650,10 @@ class TestErrors(unittest.TestCase):
                     attn_mask=np.ones((3, 4), bool))
         self.raises(ValueError, r"bias: 5 dimensions, expected at most 4",
                     bias=np.ones((1, 2, 4, 3, 5), np.float32))
+        self.raises(ValueError, r"attn_mask: shape \(2,\) does not broadcast to",
+                    attn_mask=np.zeros(2), bias=np.zeros(5))
+        self.raises(ValueError, r"bias: shape \(3, 4\) does not broadcast to",
+                    attn_mask=np.zeros(5), bias=np.zeros((3, 4)))
         self.raises(ValueError, r"kv_lens: shape \(3,\), expected \(2,\)", kv_lens=[1, 2, 3])
         self.raises(ValueError, "q_len is 0", 2, query=np.ones((2, 4, 0, 8), np.float32))
         self.raises(ValueError, "feature sizes must be at least 1",
