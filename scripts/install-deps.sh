@@ -1,17 +1,18 @@
 #!/bin/sh
 # Installs the Debian packages libattn needs, if any is missing. Usage:
 #   scripts/install-deps.sh [build|test|ci]   (default: test)
-# build: compiler, CMake, OpenBLAS. test: + cmocka, numpy (the attn tool's tests). ci: +
-# valgrind, dpkg-dev (for CPack's dependency list), BLIS and the OpenMP build of OpenBLAS (the
-# other BLASes CI tests against), numpy (the benchmark comparison), clang with its libFuzzer
-# runtime (the fuzz runs), librsvg2-bin (rsvg-convert renders the heat maps).
+# build: compiler, CMake, OpenBLAS. test: + cmocka, Python's headers and numpy (the Python
+# module, its tests and the attn tool's tests). ci: + valgrind, dpkg-dev (for CPack's dependency
+# list), BLIS and the OpenMP build of OpenBLAS (the other BLASes CI tests against), clang with its
+# libFuzzer runtime (the fuzz runs), librsvg2-bin (rsvg-convert renders the heat maps), PyTorch
+# (the Python module's tests and the backward benchmark compare with it).
 set -eu
 level=${1:-test}
 pkgs="gcc libc6-dev make cmake pkg-config libopenblas-dev"
 case "$level" in
   build) ;;
-  test) pkgs="$pkgs libcmocka-dev python3-numpy" ;;
-  ci) pkgs="$pkgs libcmocka-dev valgrind binutils dpkg-dev libblis-dev libopenblas0-openmp python3-numpy clang libclang-rt-14-dev librsvg2-bin" ;;
+  test) pkgs="$pkgs libcmocka-dev python3-dev python3-numpy" ;;
+  ci) pkgs="$pkgs libcmocka-dev python3-dev python3-numpy valgrind binutils dpkg-dev libblis-dev libopenblas0-openmp clang libclang-rt-14-dev librsvg2-bin python3-torch" ;;
   *) echo "usage: $0 [build|test|ci]" >&2; exit 2 ;;
 esac
 missing=""

@@ -2,7 +2,8 @@
 # Builds and runs the packaging consumers against an installed libattn.
 #   tests/package/run.sh PREFIX [shared|static|system]
 # shared: a `cmake --install` tree at PREFIX; static: the same for BUILD_SHARED_LIBS=OFF;
-# system: the Debian packages installed in /usr (no search paths given at all).
+# system: the Debian packages installed in /usr (no search paths given at all; the Debian
+# packages do not contain the Python module).
 set -eu
 prefix=$1
 kind=${2:-shared}
@@ -59,3 +60,15 @@ test -f "$prefix/share/man/man1/attn.1" || { echo "   attn.1 not installed"; exi
 env -u LD_LIBRARY_PATH "$tool" --version | sed 's/^/   /'
 env -u LD_LIBRARY_PATH "$tool" info --q-heads 8 --kv-heads 2 --qk-dim 64 --v-dim 64 --threads 1 |
   grep -E '^(libattn|workspace)' | sed 's/^/   /'
+# The Python module, when it was built: imported from a copy of the install tree at another
+# place, with no library search path, so that its relative RPATH is what finds libattn.
+if [ "$kind" != system ]; then
+  if [ -d "$prefix/lib/python3/dist-packages/attn" ]; then
+    say "Python: import attn from the install tree moved elsewhere"
+    mkdir -p "$work/moved" && cp -a "$prefix/." "$work/moved/"
+    env -u LD_LIBRARY_PATH PYTHONPATH="$work/moved/lib/python3/dist-packages" \
+      /usr/bin/python3 "$here/consumer.py"
+  else
+    say "Python: no module installed (built without python3-dev and python3-numpy)"
+  fi
+fi

@@ -1,0 +1,403 @@
+"""libattn from Python: attention on the CPU in float32, on numpy arrays, without copies.
+
+    import numpy as np, attn
+    out = attn.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+`scaled_dot_product_attention` follows torch.nn.functional.scaled_dot_product_attention where
+the two overlap and adds every libattn option; `Context` keeps one libattn context for repeated
+calls. Arrays are [B, H, L, D] (layout="bhsd") or [B, L, H, D] (layout="bshd"); float32 arrays
+whose last axis is contiguous are used in place whatever their other strides. See docs/python.md.
+"""
+
+import collections
+import operator
+
+import numpy as np
+
+from . import _attn
+
+__all__ = ["scaled_dot_product_attention", "Context", "Result", "kernel_isa", "__version__"]
+
+__version__ = _attn.version
+"""Version of the libattn library loaded ("MAJOR.MINOR.PATCH")."""
+
+Result = collections.namedtuple("Result", ["out", "weights", "lse", "entropy"])
+Result.__doc__ = """What a call returns when an extra output is asked for.
+
+out:     like q's layout, [B, Hq, Lq, Dv] (bhsd) or [B, Lq, Hq, Dv] (bshd), float32
+weights: [B, Hq, Lq, Lk] (weights="per_head"), [B, Lq, Lk] ("head_mean"), else None
+lse:     [B, Hq, Lq] natural-log log-sum-exp of the visible scores, or None
+entropy: [B, Hq, Lq] natural-log entropy of each row's weights, or None
+(without the leading B when the inputs were 3-D)"""
+
+_WEIGHTS = {"none": 0, "per_head": 1, "head_mean": 2}
+_MASKED_ROWS = {"zero": 0, "nan": 1}
+_LAYOUTS = ("bhsd", "bshd")
+_F32 = np.dtype(np.float32)
+
+
+def kernel_isa():
+    """The softmax kernel variant libattn runs on this CPU: "scalar", "avx2" or "avx512"."""
+    return _attn.kernel_isa()
+
+
+# ---- argument conversion ------------------------------------------------------------------
+
+
+def _fits_view(a, rows_axis):
+    """True if libattn can read the array in place: native float32, aligned, non-negative
+    strides that are whole elements, a contiguous last axis and (for Q/K/V, rows_axis given)
+    rows that do not overlap. Strides of length-1 axes never matter."""
+    if a.dtype != _F32 or not a.flags.aligned:
+        return False
+    item = a.itemsize
+    for axis, (n, s) in enumerate(zip(a.shape, a.strides)):
+        if n <= 1:
+            continue
+        if s < 0 or s % item:
+            return False
+        if axis == a.ndim - 1 and s != item:
+            return False
+    if rows_axis is not None and a.shape[rows_axis] > 1:
+        s = a.strides[rows_axis] // item
+        if s < a.shape[-1] or s > 2147483647:
+            return False
+    return True
+
+
+def _float_input(x, name, rows_axis=None):
+    """x as a float32 ndarray libattn can read: x itself (a view, no copy) when it fits, else
+    one C-ordered float32 copy. Floating dtypes are converted; anything else raises."""
+    a = np.asarray(x)
+    if a.dtype.kind != "f":
+        raise ValueError(f"{name}: expected a floating-point array (float32 is used in place), "
+                         f"got dtype {a.dtype}")
+    if not _fits_view(a, rows_axis):
+        a = np.array(a, dtype=np.float32, order="C")  # always a new, aligned array
+    return a
+
+
+def _int_arg(x, name, lo, hi):
+    try:
+        value = operator.index(x)
+    except TypeError:
+        raise ValueError(f"{name} = {x!r} must be an integer") from None
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} = {value} is outside [{lo}, {hi}]")
+    return value
+
+
+def _choice(value, name, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} = {value!r} is not one of {', '.join(map(repr, choices))}")
+    return choices[value] if isinstance(choices, dict) else value
+
+
+def _window(window):
+    """(left, right) -> libattn's bounds; None (or -1) on a side = unbounded on that side."""
+    if window is None:
+        return -1, -1
+    try:
+        left, right = window
+    except (TypeError, ValueError):
+        raise ValueError(f"window = {window!r} must be a pair (left, right); "
+                         "None on a side means unbounded") from None
+    bounds = []
+    for side, w in (("left", left), ("right", right)):
+        if w is None:
+            bounds.append(-1)
+            continue
+        bounds.append(_int_arg(w, f"window {side}", -2**63, 2**63 - 1))  # libattn checks it
+    return tuple(bounds)
+
+
+def _broadcast_pairwise(x, name, shape, logical_4d, is_mask):
+    """A mask or bias as a read-only [B, Hq, Lq, Lk] view: size-1 axes broadcast through zero
+    strides. Only a broadcast along the key axis (which libattn needs contiguous) is
+    materialised, and only over the array's own extent."""
+    a = np.asarray(x)
+    if a.ndim > len(shape):
+        raise ValueError(f"{name}: {a.ndim} dimensions, expected at most {len(shape)} "
+                         f"broadcastable to {shape}")
+    try:
+        if np.broadcast_shapes(a.shape, shape) != shape:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{name}: shape {a.shape} does not broadcast to {shape} "
+                         "(batch, heads, q_len, kv_len)" if len(shape) == 4 else
+                         f"{name}: shape {a.shape} does not broadcast to {shape} "
+                         "(heads, q_len, kv_len)") from None
+    if is_mask:
+        if a.dtype != np.bool_ and a.dtype != np.uint8:
+            a = a.astype(np.bool_)
+    elif a.dtype != _F32:
+        a = a.astype(np.float32)
+    lk = shape[-1]
+    if a.ndim == 0 or a.shape[-1] != lk or (lk > 1 and a.strides[-1] != a.itemsize) \
+            or any(s < 0 or s % a.itemsize for s in a.strides) or not a.flags.aligned:
+        a = np.array(np.broadcast_to(a, a.shape[:-1] + (lk,) if a.ndim else (lk,)), order="C")
+    a = np.broadcast_to(a, shape)
+    return a if logical_4d else a[np.newaxis]
+
+
+def _attn_mask(attn_mask, bias, shape, logical_4d):
+    """PyTorch's attn_mask (bool: True = takes part; float: added to the scores) and libattn's
+    bias -> (mask, bias) views. A float attn_mask and a bias are summed into one array (of
+    their broadcast shape, not the full one)."""
+    mask_view = None
+    if bias is not None:
+        bias = np.asarray(bias)
+        if bias.dtype.kind != "f":
+            raise ValueError(f"bias: expected a floating-point array, got dtype {bias.dtype}")
+        bias_view = _broadcast_pairwise(bias, "bias", shape, logical_4d, False)
+    if attn_mask is not None:
+        m = np.asarray(attn_mask)
+        if m.dtype == np.bool_:
+            mask_view = _broadcast_pairwise(m, "attn_mask", shape, logical_4d, True)
+        elif m.dtype.kind == "f":
+            _broadcast_pairwise(m, "attn_mask", shape, logical_4d, False)  # checks the shape
+            if bias is not None:
+                m = np.add(m, bias, dtype=np.float64)
+            bias, bias_view = m, _broadcast_pairwise(m, "attn_mask", shape, logical_4d, False)
+        else:
+            raise ValueError(f"attn_mask: dtype {m.dtype} is neither bool (True = the key takes "
+                             "part in attention) nor floating (added to the scores)")
+    return mask_view, (bias_view if bias is not None else None)
+
+
+# ---- Context ------------------------------------------------------------------------------
+
+
+class Context:
+    """One libattn context for repeated calls with the same heads, dims and structured masks.
+
+    Context(q_heads, kv_heads=None, qk_dim=64, v_dim=None, *, scale=None, causal=False,
+            window=None, masked_rows="zero", threads=None)
+
+    kv_heads defaults to q_heads and must divide it (grouped-query attention); v_dim defaults
+    to qk_dim; scale None = 1/sqrt(qk_dim); window (left, right) limits row i to the keys
+    i + q_offset - left .. i + q_offset + right (None on a side: unbounded); masked_rows "zero"
+    or "nan" for rows that see no key; threads None = every processor this process may use.
+
+    The context (its workspace and worker threads) is created once. It is used by one call at
+    a time: calls from several Python threads on one Context take turns (an internal lock);
+    use one Context per thread to run them in parallel. close() or a `with` block releases it
+    early.
+    """
+
+    def __init__(self, q_heads, kv_heads=None, qk_dim=64, v_dim=None, *, scale=None,
+                 causal=False, window=None, masked_rows="zero", threads=None):
+        # Ranges that fit the C fields; libattn checks the values (and names the bound broken).
+        q_heads = _int_arg(q_heads, "q_heads", 0, 2**32 - 1)
+        kv_heads = q_heads if kv_heads is None else _int_arg(kv_heads, "kv_heads", 0, 2**32 - 1)
+        qk_dim = _int_arg(qk_dim, "qk_dim", 0, 2**32 - 1)
+        v_dim = qk_dim if v_dim is None else _int_arg(v_dim, "v_dim", 0, 2**32 - 1)
+        if scale is None:
+            scale_c = 0.0
+        else:
+            scale_c = float(scale)
+            if scale_c == 0.0:
+                raise ValueError("scale = 0 is not supported (libattn reads 0 as the default "
+                                 "1/sqrt(qk_dim)); pass None for that default")
+            if not abs(scale_c) <= float(np.finfo(np.float32).max):
+                raise ValueError(f"scale = {scale!r} is not finite in float32")
+        left, right = _window(window)
+        threads_c = 0 if threads is None else _int_arg(threads, "threads", 0, 2**32 - 1)
+        self.q_heads, self.kv_heads, self.qk_dim, self.v_dim = q_heads, kv_heads, qk_dim, v_dim
+        self.scale = float(np.float32(scale_c)) if scale is not None else 1.0 / np.sqrt(qk_dim)
+        self.causal = bool(causal)
+        self.window = (None if left < 0 else left, None if right < 0 else right)
+        self.masked_rows = masked_rows
+        self.threads = threads
+        self._core = _attn.Context(q_heads, kv_heads, qk_dim, v_dim, scale_c, self.causal,
+                                   left, right, _choice(masked_rows, "masked_rows", _MASKED_ROWS),
+                                   threads_c)
+
+    def __repr__(self):
+        return (f"attn.Context(q_heads={self.q_heads}, kv_heads={self.kv_heads}, "
+                f"qk_dim={self.qk_dim}, v_dim={self.v_dim}, scale={self.scale!r}, "
+                f"causal={self.causal}, window={self.window}, "
+                f"masked_rows={self.masked_rows!r}, threads={self.threads})")
+
+    def close(self):
+        """Releases the C context (waits for a call in progress); later calls raise."""
+        self._core.close()
+
+    @property
+    def closed(self):
+        return self._core.closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def forward(self, q, k, v, attn_mask=None, *, layout="bhsd", kv_lens=None, q_offset=None,
+                bias=None, weights="none", return_lse=False, return_entropy=False):
+        """Attention of q over k and v with this context's heads, dims and options.
+
+        q [B, Hq, Lq, Dk], k [B, Hkv, Lk, Dk], v [B, Hkv, Lk, Dv] for layout="bhsd";
+        [B, L, H, D] for "bshd"; 3-D arrays (no B) are a batch of one. k and v may have a
+        batch of 1, shared by every batch of q.
+        attn_mask, bias: broadcastable to [B, Hq, Lq, Lk] whatever the layout; a bool
+        attn_mask keeps the keys where it is True, a float one is added to the scores, as
+        bias is. kv_lens: B key counts (key j of batch b visible only if j < kv_lens[b]).
+        q_offset: position of query row 0 on the key axis, for causal and window; None =
+        Lk - Lq (the last query sees the last key). weights: "none", "per_head" or
+        "head_mean". Returns out, or a Result(out, weights, lse, entropy) when weights, lse
+        or entropy is asked for (the ones not asked for are None).
+        """
+        layout = _choice(layout, "layout", {name: name for name in _LAYOUTS})
+        weights_mode = _choice(weights, "weights", _WEIGHTS)
+        ndim = np.ndim(q)
+        if ndim not in (3, 4) or np.ndim(k) != ndim or np.ndim(v) != ndim:
+            raise ValueError(f"q, k and v must all be 4-D [B, H, L, D] (or [B, L, H, D]) or all "
+                             f"3-D without B; got {np.ndim(q)}-D, {np.ndim(k)}-D, {np.ndim(v)}-D")
+        seq_axis = ndim - 2 if layout == "bhsd" else ndim - 3
+        q = _float_input(q, "q", seq_axis)
+        k = _float_input(k, "k", seq_axis)
+        v = _float_input(v, "v", seq_axis)
+        if ndim == 3:
+            q, k, v = q[np.newaxis], k[np.newaxis], v[np.newaxis]
+        # Logical [B, H, L, D] views: for bshd only the strides are permuted.
+        if layout == "bshd":
+            q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
+        B, Hq, Lq, Dk = q.shape
+        _, Hkv, Lk, Dk2 = k.shape
+        names = "(B, H, L, D)" if layout == "bhsd" else "(B, L, H, D)"
+        if ndim == 3:
+            names = names.replace("B, ", "")
+
+        def shape_of(x):  # as the caller wrote it
+            s = x.shape if layout == "bhsd" else (x.shape[0], x.shape[2], x.shape[1], x.shape[3])
+            return s[1:] if ndim == 3 else s
+
+        if Dk2 != Dk:
+            raise ValueError(f"q {shape_of(q)} and k {shape_of(k)} {names}: the feature sizes "
+                             f"differ ({Dk} and {Dk2})")
+        if v.shape[1:3] != (Hkv, Lk):
+            raise ValueError(f"k {shape_of(k)} and v {shape_of(v)} {names}: the head counts and "
+                             "lengths must match")
+        if k.shape[0] != v.shape[0]:
+            raise ValueError(f"k and v: batch sizes {k.shape[0]} and {v.shape[0]} differ")
+        if k.shape[0] not in (1, B):
+            raise ValueError(f"q and k: batch sizes {B} and {k.shape[0]} differ "
+                             "(k and v may have a batch of 1, shared by every batch of q)")
+        if Hkv == 0 or Hq % Hkv:
+            raise ValueError(f"q has {Hq} heads, k and v have {Hkv}: the query head count must "
+                             "be a multiple of the key/value head count")
+        Dv = v.shape[3]
+        expected = ((self.q_heads, Hq, "query heads"), (self.kv_heads, Hkv, "key/value heads"),
+                    (self.qk_dim, Dk, "qk_dim"), (self.v_dim, Dv, "v_dim"))
+        for want, got, what in expected:
+            if want != got:
+                raise ValueError(f"the arrays have {what} = {got}, this Context was made for "
+                                 f"{want}: {self!r}")
+        if k.shape[0] != B:  # one K/V for the whole batch: a zero batch stride
+            k = np.broadcast_to(k, (B,) + k.shape[1:])
+            v = np.broadcast_to(v, (B,) + v.shape[1:])
+
+        pair_shape = (B, Hq, Lq, Lk) if ndim == 4 else (Hq, Lq, Lk)
+        mask_view, bias_view = _attn_mask(attn_mask, bias, pair_shape, ndim == 4)
+
+        lens = None
+        if kv_lens is not None:
+            kl = np.asarray(kv_lens)
+            if kl.ndim == 0 and ndim == 3:
+                kl = kl.reshape(1)
+            if kl.ndim != 1 or kl.shape[0] != B:
+                raise ValueError(f"kv_lens: shape {kl.shape}, expected ({B},): one key count per "
+                                 "batch")
+            if kl.dtype.kind not in "iu":
+                raise ValueError(f"kv_lens: expected integers, got dtype {kl.dtype}")
+            bad = (kl < -2**31) | (kl > 2**31 - 1)  # would wrap in int32; libattn checks the rest
+            if bad.any():
+                b = int(np.argmax(bad))
+                raise ValueError(f"kv_lens[{b}] = {int(kl[b])} is outside [0, kv_len = {Lk}]")
+            lens = np.ascontiguousarray(kl, dtype=np.int32)
+
+        offset = None
+        if q_offset is not None:
+            offset = _int_arg(q_offset, "q_offset", -2**63 + 1, 2**63 - 1)  # libattn checks it
+
+        if layout == "bhsd":
+            out = np.empty((B, Hq, Lq, Dv), np.float32)
+            out_view = out
+        else:
+            out = np.empty((B, Lq, Hq, Dv), np.float32)
+            out_view = out.transpose(0, 2, 1, 3)
+        w = None
+        if weights_mode == 1:
+            w = np.empty((B, Hq, Lq, Lk), np.float32)
+        elif weights_mode == 2:
+            w = np.empty((B, Lq, Lk), np.float32)
+        lse = np.empty((B, Hq, Lq), np.float32) if return_lse else None
+        ent = np.empty((B, Hq, Lq), np.float32) if return_entropy else None
+
+        self._core.forward(q, k, v, out_view, offset, lens, mask_view, bias_view, weights_mode,
+                           w, lse, ent)
+
+        if ndim == 3:
+            out = out[0]
+            w, lse, ent = (None if x is None else x[0] for x in (w, lse, ent))
+        if w is None and lse is None and ent is None:
+            return out
+        return Result(out, w, lse, ent)
+
+
+# ---- the PyTorch-style function -----------------------------------------------------------
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
+                                 is_causal=False, scale=None, *, enable_gqa=False,
+                                 layout="bhsd", window=None, kv_lens=None, q_offset=None,
+                                 bias=None, weights="none", return_lse=False,
+                                 return_entropy=False, masked_rows="zero", threads=None):
+    """softmax(query · keyᵀ · scale + mask) · value in float32, as
+    torch.nn.functional.scaled_dot_product_attention, plus libattn's options.
+
+    query [B, Hq, Lq, Dk], key [B, Hkv, Lk, Dk], value [B, Hkv, Lk, Dv] (layout="bhsd"), or
+    [B, L, H, D] (layout="bshd"), or 3-D without B. Hq must be a multiple of Hkv (grouped-query
+    attention is inferred; enable_gqa is accepted and ignored). float32 arrays are read in
+    place when their last axis is contiguous; other floating dtypes and other strides cost one
+    float32 copy.
+
+    attn_mask: bool (True = the key takes part) or float (added to the scores), broadcastable to
+    [B, Hq, Lq, Lk]. dropout_p must be 0. is_causal: key j visible to query i only if
+    j <= i + q_offset. scale: None = 1/sqrt(Dk).
+    Beyond PyTorch: window=(left, right), kv_lens (B key counts), q_offset (None = Lk - Lq,
+    which differs from PyTorch's top-left alignment when Lq != Lk: pass q_offset=0 for that),
+    bias (added to the scores), weights="none"|"per_head"|"head_mean", return_lse,
+    return_entropy, masked_rows="zero"|"nan" (what a row that sees no key gives), threads
+    (None = every processor).
+
+    Returns out (layout of query, float32) or, when weights, lse or entropy is asked for, a
+    Result(out, weights, lse, entropy) with None for those not asked for.
+    Raises ValueError for bad arguments, MemoryError, RuntimeError (worker threads).
+    """
+    del enable_gqa
+    if dropout_p != 0:
+        raise ValueError(f"dropout_p = {dropout_p!r}: dropout is not supported, pass 0")
+    ndim = np.ndim(query)
+    if ndim not in (3, 4) or np.ndim(key) != ndim or np.ndim(value) != ndim:
+        raise ValueError(f"query, key and value must all be 4-D [B, H, L, D] (or [B, L, H, D]) "
+                         f"or all 3-D without B; got {np.ndim(query)}-D, {np.ndim(key)}-D, "
+                         f"{np.ndim(value)}-D")
+    _choice(layout, "layout", {name: name for name in _LAYOUTS})
+    head_axis = ndim - 3 if layout == "bhsd" else ndim - 2
+    q_heads, kv_heads = np.shape(query)[head_axis], np.shape(key)[head_axis]
+    if kv_heads == 0 or q_heads % kv_heads:
+        raise ValueError(f"query has {q_heads} heads, key has {kv_heads}: the query head count "
+                         "must be a multiple of the key/value head count")
+    if q_heads == 0:
+        raise ValueError("query has 0 heads")
+    qk_dim, v_dim = np.shape(query)[-1], np.shape(value)[-1]
+    if qk_dim == 0 or v_dim == 0:
+        raise ValueError(f"feature sizes must be at least 1, got qk_dim = {qk_dim}, "
+                         f"v_dim = {v_dim}")
+    with Context(q_heads, kv_heads, qk_dim, v_dim, scale=scale, causal=is_causal,
+                 window=window, masked_rows=masked_rows, threads=threads) as ctx:
+        return ctx.forward(query, key, value, attn_mask, layout=layout, kv_lens=kv_lens,
+                           q_offset=q_offset, bias=bias, weights=weights,
+                           return_lse=return_lse, return_entropy=return_entropy)
