@@ -4,7 +4,7 @@
  *   - pass 1, key-major: a task per (batch, kv head, ATTN_BWD_KEYS keys) walks every query row
  *     of the kv head's group that sees those keys and accumulates dV = Pᵀ dO and
  *     dK = scale dSᵀ Q for its keys (four products per tile: S, Pᵀ dO, dO Vᵀ, dSᵀ Q);
- *   - pass 2, query-major: a task per (batch, query head, ATTN_TILE_Q rows) walks its visible
+ *   - pass 2, query-major: a task per (batch, query head, block of query rows) walks its visible
  *     keys and accumulates dQ = scale dS K (three products per tile: S, dO Vᵀ, dS K) and writes
  *     dbias = dS. When dbias is summed over broadcast axes, one task owns each dbias row and
  *     visits its contributors in a fixed order.
@@ -22,7 +22,7 @@
 
 void attn_backward_reserve(attn_arena *a, attn_ctx *ctx)
 {
-    size_t tq = ATTN_TILE_Q, kb = ATTN_BWD_KEYS, dk = ctx->desc.qk_dim, dv = ctx->desc.v_dim;
+    size_t tq = (size_t)attn_block_rows(ctx), kb = ATTN_BWD_KEYS, dk = ctx->desc.qk_dim, dv = ctx->desc.v_dim;
     attn_backward_scratch *all = attn_arena_take(a, sizeof *all * ctx->threads);
     for (unsigned t = 0; t < ctx->threads; t++) {
         attn_backward_scratch s;
@@ -42,7 +42,7 @@ typedef struct bwd_job {
     const attn_backward_call *c;
     attn_backward_scratch *scratch; /* per thread, indexed like the engine's */
     attn_scratch *engine_scratch;
-    int64_t q_blocks, key_blocks;
+    int64_t block_rows, q_blocks, key_blocks;
     int64_t items_b, items_h, items_q; /* pass 2: tasks along batch, head, query blocks */
 } bwd_job;
 
@@ -147,7 +147,7 @@ static void key_item(void *arg, int64_t item, attn_scratch *w)
     for (int64_t h = g * group; j0 < keys && h < (g + 1) * group; h++)
         for (int64_t qb = 0; qb < job->q_blocks; qb++) {
             attn_task t;
-            attn_task_block(p, w, &t, b, h, qb * ATTN_TILE_Q);
+            attn_task_block(p, w, &t, b, h, qb * job->block_rows);
             int64_t lo = t.klo > j0 ? t.klo : j0, hi = t.khi < j0 + n ? t.khi : j0 + n;
             if (lo >= hi)
                 continue;
@@ -182,7 +182,7 @@ static void query_block(const bwd_job *job, attn_scratch *w, int64_t b, int64_t 
     attn_backward_scratch *s = own_scratch(job, w);
     int64_t Dk = ctx->desc.qk_dim;
     attn_task t;
-    attn_task_block(p, w, &t, b, h, qb * ATTN_TILE_Q);
+    attn_task_block(p, w, &t, b, h, qb * job->block_rows);
     memset(s->dq, 0, (size_t)(t.rows * Dk) * sizeof(float));
     row_values(c, &t, s);
     for (int64_t j0 = t.klo; j0 < t.khi; j0 += ATTN_TILE_K) {
@@ -223,8 +223,8 @@ static void query_item(void *arg, int64_t item, attn_scratch *w)
     int64_t h0 = c->reduce_head ? 0 : hi, h1 = c->reduce_head ? H : hi + 1;
     int64_t q0 = c->reduce_rows ? 0 : qi, q1 = c->reduce_rows ? job->q_blocks : qi + 1;
     if (c->dbias) { /* the dbias rows this item owns start at zero */
-        int64_t i0 = c->reduce_rows ? 0 : qi * ATTN_TILE_Q;
-        int64_t i1 = c->reduce_rows ? 1 : (i0 + ATTN_TILE_Q < p->q_len ? i0 + ATTN_TILE_Q : p->q_len);
+        int64_t i0 = c->reduce_rows ? 0 : qi * job->block_rows;
+        int64_t i1 = c->reduce_rows ? 1 : (i0 + job->block_rows < p->q_len ? i0 + job->block_rows : p->q_len);
         for (int64_t i = i0; i < i1; i++)
             memset(dbias_row(c, bi, hi, i), 0, (size_t)p->kv_len * sizeof(float));
     }
@@ -247,7 +247,8 @@ attn_status attn_backward(attn_ctx *ctx, const attn_backward_args *args)
     job.c = &c;
     job.scratch = ctx->op_state[attn_op_slot(ATTN_OP_BACKWARD)];
     job.engine_scratch = ctx->scratch;
-    job.q_blocks = attn_tiles(p->q_len, ATTN_TILE_Q);
+    job.block_rows = attn_block_rows(ctx);
+    job.q_blocks = attn_tiles(p->q_len, job.block_rows);
     job.key_blocks = attn_tiles(p->kv_len, ATTN_BWD_KEYS);
     job.items_b = c.reduce_batch ? 1 : p->batch;
     job.items_h = c.reduce_head ? 1 : ctx->desc.q_heads;

@@ -25,12 +25,13 @@ attn_status attn_backward_check(attn_ctx *ctx, const attn_backward_args *args,
 
 /* Per-thread scratch of the backward, beyond the engine's. */
 typedef struct attn_backward_scratch {
-    float *dp;    /* ATTN_TILE_Q x ATTN_TILE_K: dO Vᵀ for a tile */
+    /* rows = attn_block_rows(ctx) */
+    float *dp;    /* rows x ATTN_TILE_K: dO Vᵀ for a tile */
     float *dk;    /* ATTN_BWD_KEYS x qk_dim accumulator */
     float *dv;    /* ATTN_BWD_KEYS x v_dim accumulator */
-    float *dq;    /* ATTN_TILE_Q x qk_dim accumulator */
-    float *delta; /* ATTN_TILE_Q: rowsum(dO ∘ O) */
-    float *lse;   /* ATTN_TILE_Q: the rows' lse */
+    float *dq;    /* rows x qk_dim accumulator */
+    float *delta; /* rows: rowsum(dO ∘ O) */
+    float *lse;   /* rows: the rows' lse */
 } attn_backward_scratch;
 
 /* Reserves the backward's workspace: one attn_backward_scratch per thread, in

@@ -1,11 +1,11 @@
 /*
  * attn_forward: the forward operation on the engine. Work is cut into tasks of up to
- * ATTN_TILE_Q query rows sharing a batch and a kv head; each runs the engine's online pass over
+ * attn_block_rows query rows sharing a batch and a kv head; each runs the engine's online pass over
  * its visible keys and divides by the running sum once at the end (deferred normalisation).
  *
  * Two ways to cut the work, both independent of the thread count so that results are bitwise
  * the same for any number of threads:
- *   - blocks (here): one task per (batch, query head, block of ATTN_TILE_Q positions);
+ *   - blocks (here): one task per (batch, query head, block of attn_block_rows positions);
  *   - split keys (forward_split.c), for few queries and many keys.
  */
 #include <math.h>
@@ -23,8 +23,8 @@
 
 void attn_forward_reserve(attn_arena *a, attn_ctx *ctx)
 {
-    size_t acc_bytes = attn_align_up(sizeof(float) * ATTN_TILE_Q * ctx->desc.v_dim);
-    size_t state_bytes = attn_align_up(sizeof(attn_row_state) * ATTN_TILE_Q);
+    size_t acc_bytes = attn_align_up(sizeof(float) * ATTN_GROUP_ROWS * ctx->desc.v_dim);
+    size_t state_bytes = attn_align_up(sizeof(attn_row_state) * ATTN_GROUP_ROWS);
     size_t per_slot = acc_bytes + state_bytes;
     unsigned nslots = SLOTS_PER_THREAD * ctx->threads;
     if ((size_t)nslots * per_slot > SLOTS_BUDGET)
@@ -85,14 +85,15 @@ void attn_forward_finish_rows(const attn_forward_call *c, int64_t b, const attn_
 
 typedef struct block_job {
     attn_forward_call *c;
-    int64_t blocks; /* query blocks per (batch, head) */
+    int64_t block_rows; /* query rows per block task */
+    int64_t blocks;     /* query blocks per (batch, head) */
 } block_job;
 
 static void run_block(const block_job *job, attn_scratch *w, int64_t b, int64_t h, int64_t qb)
 {
     const attn_forward_call *c = job->c;
     attn_task t;
-    attn_task_block(&c->p, w, &t, b, h, qb * ATTN_TILE_Q);
+    attn_task_block(&c->p, w, &t, b, h, qb * job->block_rows);
     attn_online_range(&c->p, &t, 0, c->p.kv_len, w->state, w->acc);
     attn_forward_finish_rows(c, b, w, t.rows, w->state, w->acc);
     if (c->weights_mode != ATTN_WEIGHTS_NONE)
@@ -128,7 +129,8 @@ attn_status attn_forward(attn_ctx *ctx, const attn_args *args)
     if (st != ATTN_OK)
         return st;
     const attn_problem *p = &c.p;
-    block_job job = {&c, attn_tiles(p->q_len, ATTN_TILE_Q)};
+    int64_t rows = attn_block_rows(ctx);
+    block_job job = {&c, rows, attn_tiles(p->q_len, rows)};
     attn_engine_section s;
     attn_engine_begin(&s, ctx);
     if (p->q_len <= ATTN_SPLIT_MAX_QUERIES && p->kv_len >= ATTN_SPLIT_MIN_KEYS &&

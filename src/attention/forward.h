@@ -29,8 +29,8 @@ attn_status attn_forward_check(attn_ctx *ctx, const attn_args *args, attn_forwar
 
 /* A partial result of the split-key path: one chunk of keys for one group of query rows. */
 typedef struct attn_partial {
-    float *acc;             /* ATTN_TILE_Q x v_dim */
-    attn_row_state *state;  /* ATTN_TILE_Q */
+    float *acc;             /* ATTN_GROUP_ROWS x v_dim */
+    attn_row_state *state;  /* ATTN_GROUP_ROWS */
 } attn_partial;
 
 /* The forward operation's workspace, ctx->op_state[attn_op_slot(ATTN_OP_FORWARD)]. */

@@ -14,7 +14,7 @@ typedef struct split_job {
     attn_forward_call *c;
     attn_forward_workspace *fw;
     int64_t group_rows;  /* rows of one kv head's group: group * q_len */
-    int64_t row_sets;    /* tasks per (batch, kv head): ceil(group_rows / ATTN_TILE_Q) */
+    int64_t row_sets;    /* tasks per (batch, kv head): ceil(group_rows / ATTN_GROUP_ROWS) */
     int64_t chunks;      /* key chunks per row set */
     int64_t first_item;  /* first item of the current wave */
 } split_job;
@@ -33,8 +33,8 @@ static split_item_at locate(const split_job *job, int64_t item)
     at.rs = set % job->row_sets;
     at.b = bg / Hkv;
     at.g = bg % Hkv;
-    at.rows = job->group_rows - at.rs * ATTN_TILE_Q;
-    at.rows = at.rows < ATTN_TILE_Q ? at.rows : ATTN_TILE_Q;
+    at.rows = job->group_rows - at.rs * ATTN_GROUP_ROWS;
+    at.rows = at.rows < ATTN_GROUP_ROWS ? at.rows : ATTN_GROUP_ROWS;
     return at;
 }
 
@@ -44,7 +44,7 @@ static void split_item(void *arg, int64_t k, attn_scratch *w)
     const attn_problem *p = &job->c->p;
     split_item_at at = locate(job, job->first_item + k);
     attn_task t;
-    attn_task_group(p, w, &t, at.b, at.g, at.rs * ATTN_TILE_Q, at.rows);
+    attn_task_group(p, w, &t, at.b, at.g, at.rs * ATTN_GROUP_ROWS, at.rows);
     attn_partial *slot = &job->fw->slots[k];
     attn_online_range(p, &t, at.chunk * ATTN_SPLIT_KEYS, (at.chunk + 1) * ATTN_SPLIT_KEYS,
                       slot->state, slot->acc);
@@ -80,7 +80,7 @@ void attn_forward_split(attn_forward_call *c, attn_engine_section *s)
     job.c = c;
     job.fw = ctx->op_state[attn_op_slot(ATTN_OP_FORWARD)];
     job.group_rows = (int64_t)ctx->group * p->q_len;
-    job.row_sets = attn_tiles(job.group_rows, ATTN_TILE_Q);
+    job.row_sets = attn_tiles(job.group_rows, ATTN_GROUP_ROWS);
     job.chunks = attn_tiles(p->kv_len, ATTN_SPLIT_KEYS);
     int64_t total = p->batch * ctx->desc.kv_heads * job.row_sets * job.chunks;
     int64_t nslots = job.fw->nslots;
@@ -99,7 +99,7 @@ void attn_forward_split(attn_forward_call *c, attn_engine_section *s)
                     carry->state[r] = attn_state_empty();
             fold_partial(carry, &job.fw->slots[k], at.rows, dv);
             if (at.chunk == job.chunks - 1) {
-                attn_task_group_rows(p, w0, at.g, at.rs * ATTN_TILE_Q, at.rows);
+                attn_task_group_rows(p, w0, at.g, at.rs * ATTN_GROUP_ROWS, at.rows);
                 attn_forward_finish_rows(c, at.b, w0, at.rows, carry->state, carry->acc);
             }
         }

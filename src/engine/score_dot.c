@@ -2,20 +2,20 @@
 #include "core/blas.h"
 #include "engine/score_op.h"
 
-static void dot_tile(const attn_problem *p, const attn_task *t, int64_t j0, int64_t n,
-                     float *scores, int ld)
+static void dot_tile(const attn_problem *p, const attn_task *t, int64_t r0, int64_t r1,
+                     int64_t j0, int64_t n, float *scores, int ld)
 {
     const attn_ctx *ctx = p->ctx;
     attn_kv_tile k = attn_kv_get(p->kv, ATTN_KV_KEYS, t->b, t->g, j0, n, t->w->convert);
+    const float *q = t->q + r0 * t->ldq;
     /* A single query row is a matrix-vector product: the BLAS's sgemv streams K once, where
      * sgemm would first copy it into a packed panel (half the speed on decoding shapes). */
-    if (t->rows == 1)
+    if (r1 - r0 == 1)
         cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)n, (int)ctx->desc.qk_dim, ctx->scale,
-                    k.data, k.ld, t->q, 1, 0.0f, scores, 1);
+                    k.data, k.ld, q, 1, 0.0f, scores, 1);
     else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)t->rows, (int)n,
-                    (int)ctx->desc.qk_dim, ctx->scale, t->q, t->ldq, k.data, k.ld, 0.0f, scores,
-                    ld);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), (int)n,
+                    (int)ctx->desc.qk_dim, ctx->scale, q, t->ldq, k.data, k.ld, 0.0f, scores, ld);
 }
 
 const attn_score_op attn_score_dot = {"dot", dot_tile};

@@ -11,10 +11,10 @@
 
 struct attn_score_op {
     const char *name;
-    /* scores[r * ld + c] = score of task row r against key j0 + c, for r < t->rows and c < n,
-     * the keys read through p->kv. */
-    void (*tile)(const attn_problem *p, const attn_task *t, int64_t j0, int64_t n, float *scores,
-                 int ld);
+    /* scores[(r - r0) * ld + c] = score of task row r against key j0 + c, for r0 <= r < r1 and
+     * c < n, the keys read through p->kv. */
+    void (*tile)(const attn_problem *p, const attn_task *t, int64_t r0, int64_t r1, int64_t j0,
+                 int64_t n, float *scores, int ld);
 };
 
 /* scale · q · k: cblas_sgemm (cblas_sgemv for a single query row). */
@@ -24,7 +24,7 @@ extern const attn_score_op attn_score_dot;
 static inline void attn_task_scores(const attn_problem *p, const attn_task *t, int64_t j0,
                                     int64_t n)
 {
-    p->score->tile(p, t, j0, n, t->w->scores, ATTN_TILE_K);
+    p->score->tile(p, t, 0, t->rows, j0, n, t->w->scores, ATTN_TILE_K);
 }
 
 #endif

@@ -17,7 +17,8 @@ void attn_task_block(const attn_problem *p, attn_scratch *w, attn_task *t, int64
     t->w = w;
     t->b = b;
     t->g = h / p->ctx->group;
-    t->rows = rest < ATTN_TILE_Q ? rest : ATTN_TILE_Q;
+    int64_t cap = attn_block_rows(p->ctx);
+    t->rows = rest < cap ? rest : cap;
     for (int64_t r = 0; r < t->rows; r++) {
         w->row_h[r] = h;
         w->row_i[r] = i0 + r;

@@ -19,11 +19,12 @@ typedef struct attn_task {
     int ldq;                 /* its leading dimension */
 } attn_task;
 
-/* Rows i0 .. i0+rows-1 of query head h (rows = min(ATTN_TILE_Q, q_len - i0)). */
+/* Rows i0 .. i0+rows-1 of query head h (rows = min(attn_block_rows, q_len - i0)). */
 void attn_task_block(const attn_problem *p, attn_scratch *w, attn_task *t, int64_t b, int64_t h,
                      int64_t i0);
 
-/* Rows first .. first+rows-1 of kv head g's group, numbered (head - g*group) * q_len + i. */
+/* Rows first .. first+rows-1 (rows <= ATTN_GROUP_ROWS) of kv head g's group, numbered
+ * (head - g*group) * q_len + i. */
 void attn_task_group(const attn_problem *p, attn_scratch *w, attn_task *t, int64_t b, int64_t g,
                      int64_t first, int64_t rows);
 

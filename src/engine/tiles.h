@@ -1,9 +1,12 @@
 /*
- * Tile sizes of the engine, in one place. A task owns ATTN_TILE_Q query rows and streams
- * the keys ATTN_TILE_K at a time. The per-task working set, the score tile (64 x 256 floats =
- * 64 KiB) plus one key block and one value block (256 x d floats each, 64 KiB at d = 64), fits
- * the 512 KiB-2 MiB L2 of current x86 cores, while 64 rows keep the Q.K^T and P.V products large
- * enough for the BLAS micro-kernels. The workspace depends on these and the head dims only.
+ * Tile sizes of the engine, in one place. A block task owns ATTN_TILE_Q query rows and streams
+ * the keys ATTN_TILE_K at a time. Measured on a Zen 5 core with OpenBLAS's AVX-512 kernels
+ * (docs/performance.md): 256 rows amortise the packing of each K and V tile over four times the
+ * work of 64 rows (enc-1k: 138 against 106 GFLOP/s per core), while the 256 x 256 score tile
+ * (256 KiB) and a key and a value block still sit in the 1 MiB L2. Tiles a causal or window
+ * bound cuts across are computed in sub-blocks of ATTN_SUB_ROWS rows, each over its own keys,
+ * so the hidden part of a diagonal tile costs little. The workspace depends on these and the
+ * head dims only.
  */
 #ifndef ATTN_ENGINE_TILES_H
 #define ATTN_ENGINE_TILES_H
@@ -11,11 +14,16 @@
 #include <stdint.h>
 
 #ifndef ATTN_TILE_Q /* overridable for tuning experiments only */
-#define ATTN_TILE_Q 64
+#define ATTN_TILE_Q 256
 #endif
+#define ATTN_SUB_ROWS 64
 #ifndef ATTN_TILE_K
 #define ATTN_TILE_K 256
 #endif
+
+/* Rows of a group task (the split-key path gathers a kv head's query rows into one matrix):
+ * few queries per kv head, so 64 rows cover most groups and keep the partial results small. */
+#define ATTN_GROUP_ROWS 64
 
 /*
  * The split-key path, for decoding-like shapes: at most ATTN_SPLIT_MAX_QUERIES queries and at

@@ -91,7 +91,8 @@ static float online_row_avx2(float *s, size_t n, const float *bias, const uint8_
         size_t k = n - j < 8 ? n - j : 8;
         __m256i lanes = lanes_below(k);
         __m256 x = load_scores(s + j, bias ? bias + j : NULL, mask ? mask + j : NULL, k, lanes);
-        store_part(s + j, x, k, lanes);
+        if (bias || mask) /* otherwise the scores stay as they are */
+            store_part(s + j, x, k, lanes);
         vmax = _mm256_max_ps(vmax, x);
     }
     float block_max = hmax(vmax);

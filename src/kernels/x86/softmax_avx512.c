@@ -22,8 +22,9 @@ static inline __m512 exp_avx512(__m512 x)
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P5));
     __m512 y = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
     y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
-    __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
-    y = _mm512_mul_ps(y, _mm512_castsi512_ps(_mm512_slli_epi32(e, 23)));
+    /* y * 2^n in one instruction; exact (and the same bits as building 2^n), since n >= -126
+     * wherever the result is kept */
+    y = _mm512_scalef_ps(y, n);
     return _mm512_maskz_mov_ps(normal, y); /* NaN compares unordered: kept, and stays NaN */
 }
 
@@ -50,36 +51,66 @@ static inline __mmask16 lanes_for(size_t remaining)
     return remaining >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << remaining) - 1u);
 }
 
+/* exp(x - shift) of 16 scores into s, added to *sum (and p * d to *u when entropy). */
+static inline void exp_step(float *s, __m512 x, __m512 vshift, __mmask16 lanes, __m512 *sum,
+                            __m512 *u, int entropy)
+{
+    __m512 d = _mm512_sub_ps(x, vshift);
+    __m512 p = exp_avx512(d);
+    _mm512_mask_storeu_ps(s, lanes, p);
+    *sum = _mm512_add_ps(*sum, p);
+    if (entropy) {
+        __mmask16 seen = _mm512_cmp_ps_mask(p, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+        *u = _mm512_mask_add_ps(*u, seen, *u, _mm512_mul_ps(p, d));
+    }
+}
+
 static float online_row_avx512(float *s, size_t n, const float *bias, const uint8_t *mask,
                                attn_row_state *st, int entropy, const attn_row_coord *at)
 {
     (void)at;
-    __m512 vmax = _mm512_set1_ps(-INFINITY);
-    for (size_t j = 0; j < n; j += 16) {
-        __mmask16 lanes = lanes_for(n - j);
-        __m512 x = load_scores(s + j, bias ? bias + j : NULL, mask ? mask + j : NULL, lanes);
-        _mm512_mask_storeu_ps(s + j, lanes, x);
-        vmax = _mm512_max_ps(vmax, x);
+    /* Four independent accumulators per pass: one add or max chain would bound the loops by
+     * its latency rather than by throughput. */
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    __m512 mx[4] = {ninf, ninf, ninf, ninf};
+    size_t j = 0;
+    if (!bias && !mask) { /* the scores stay as they are: only their maximum is needed */
+        for (; j + 64 <= n; j += 64)
+            for (int k = 0; k < 4; k++)
+                mx[k] = _mm512_max_ps(mx[k], _mm512_loadu_ps(s + j + 16 * k));
+        for (; j < n; j += 16)
+            mx[0] = _mm512_max_ps(mx[0], _mm512_mask_loadu_ps(ninf, lanes_for(n - j), s + j));
+    } else {
+        for (; j < n; j += 16) {
+            __mmask16 lanes = lanes_for(n - j);
+            __m512 x = load_scores(s + j, bias ? bias + j : NULL, mask ? mask + j : NULL, lanes);
+            _mm512_mask_storeu_ps(s + j, lanes, x);
+            mx[(j >> 4) & 3] = _mm512_max_ps(mx[(j >> 4) & 3], x);
+        }
     }
+    __m512 vmax = _mm512_max_ps(_mm512_max_ps(mx[0], mx[1]), _mm512_max_ps(mx[2], mx[3]));
     float block_max = _mm512_reduce_max_ps(vmax);
     float m_new, alpha;
     float shift = attn_state_begin(st, block_max, &m_new, &alpha);
     __m512 vshift = _mm512_set1_ps(shift);
-    __m512 vsum = _mm512_setzero_ps(), vu = _mm512_setzero_ps();
-    for (size_t j = 0; j < n; j += 16) {
+    __m512 sum[4], u[4];
+    for (int k = 0; k < 4; k++)
+        sum[k] = u[k] = _mm512_setzero_ps();
+    for (j = 0; j + 64 <= n; j += 64)
+        for (int k = 0; k < 4; k++)
+            exp_step(s + j + 16 * k, _mm512_loadu_ps(s + j + 16 * k), vshift, 0xFFFF, &sum[k],
+                     &u[k], entropy);
+    for (; j < n; j += 16) {
         __mmask16 lanes = lanes_for(n - j);
-        __m512 x = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), lanes, s + j);
-        __m512 d = _mm512_sub_ps(x, vshift);
-        __m512 p = exp_avx512(d);
-        _mm512_mask_storeu_ps(s + j, lanes, p);
-        vsum = _mm512_add_ps(vsum, p);
-        if (entropy) {
-            __mmask16 seen = _mm512_cmp_ps_mask(p, _mm512_setzero_ps(), _CMP_NEQ_UQ);
-            vu = _mm512_mask_add_ps(vu, seen, vu, _mm512_mul_ps(p, d));
-        }
+        exp_step(s + j, _mm512_mask_loadu_ps(ninf, lanes, s + j), vshift, lanes, &sum[0], &u[0],
+                 entropy);
     }
-    float sum = _mm512_reduce_add_ps(vsum);
-    attn_state_end(st, m_new, alpha, sum, entropy ? _mm512_reduce_add_ps(vu) : 0.0f, entropy);
+    float total = _mm512_reduce_add_ps(
+        _mm512_add_ps(_mm512_add_ps(sum[0], sum[1]), _mm512_add_ps(sum[2], sum[3])));
+    float utotal = entropy ? _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(u[0], u[1]),
+                                                                _mm512_add_ps(u[2], u[3])))
+                           : 0.0f;
+    attn_state_end(st, m_new, alpha, total, utotal, entropy);
     return alpha;
 }
 
