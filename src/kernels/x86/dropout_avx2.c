@@ -86,8 +86,9 @@ static inline __attribute__((always_inline)) void columns32(__m256i x[4][2 * CHA
     out[3] = _mm256_permute2x128_si256(t2, t3, 0x31);
 }
 
-/* The words of columns 4c .. 4c + BLOCK - 1 in order: out[r] lane l = column 4c + 8r + l. */
-static void gen_block(uint32_t c, const attn_dropout_plan *v, __m256i out[4 * CHAINS])
+/* The words of columns 4c .. 4c + 32 * pairs - 1 in order (pairs 1 .. CHAINS): out[r] lane l =
+ * column 4c + 8r + l. A block's tail that needs fewer columns is generated with fewer pairs. */
+static void gen_block(uint32_t c, int pairs, const attn_dropout_plan *v, __m256i out[4 * CHAINS])
 {
     const __m256i even = _mm256_set_epi32(0, 6, 0, 4, 0, 2, 0, 0);
     const __m256i odd = _mm256_add_epi32(even, _mm256_set1_epi64x(1));
@@ -97,8 +98,14 @@ static void gen_block(uint32_t c, const attn_dropout_plan *v, __m256i out[4 * CH
         x[0][2 * u] = _mm256_add_epi32(base, even);
         x[0][2 * u + 1] = _mm256_add_epi32(base, odd);
     }
-    philox_vectors(2 * CHAINS, x, v);
-    for (int u = 0; u < CHAINS; u++)
+    if (pairs == CHAINS) {
+        philox_vectors(2 * CHAINS, x, v);
+    } else {
+        philox_vectors(2, x, v);
+        for (int r = 4; r < 4 * CHAINS; r++)
+            out[r] = _mm256_setzero_si256();
+    }
+    for (int u = 0; u < pairs; u++)
         columns32(x, 2 * u, 2 * u + 1, out + 4 * u);
 }
 
@@ -115,7 +122,7 @@ static void gen_block(uint32_t c, const attn_dropout_plan *v, __m256i out[4 * CH
         size_t s = (size_t)((uint64_t)(at)->col & 3u), end = s + (n);                         \
         __m256i w[4 * CHAINS];                                                                \
         for (size_t t = 0; t < end; t += BLOCK, c_ += BLOCK / 4) {                            \
-            gen_block(c_, &pl_, w);                                                           \
+            gen_block(c_, end - t > 32 ? CHAINS : 1, &pl_, w);                                \
             APPLY;                                                                            \
         }                                                                                     \
     } while (0)
@@ -173,11 +180,15 @@ static void dropout_row_avx2(float *x, size_t n, const attn_row_coord *at,
     });
 }
 
-/* Byte i of the result is bit i of m (m < 256): 1 or 0. */
-static inline uint64_t bits_to_bytes(unsigned m)
+/* Bytes 1 (kept) or 0 of the 32 stream positions whose words are w[0..4). */
+static inline __m256i kept_bytes(const __m256i w[4], __m256i thr)
 {
-    uint64_t spread = ((uint64_t)m * UINT64_C(0x0101010101010101)) & UINT64_C(0x8040201008040201);
-    return ((spread + UINT64_C(0x7F7F7F7F7F7F7F7F)) >> 7) & UINT64_C(0x0101010101010101);
+    /* saturating packs keep -1 and 0; they interleave 128-bit halves, which the permute undoes */
+    __m256i k01 = _mm256_packs_epi32(kept_lanes(w[0], thr), kept_lanes(w[1], thr));
+    __m256i k23 = _mm256_packs_epi32(kept_lanes(w[2], thr), kept_lanes(w[3], thr));
+    __m256i b = _mm256_packs_epi16(k01, k23);
+    b = _mm256_permutevar8x32_epi32(b, _mm256_set_epi32(7, 3, 6, 2, 5, 1, 4, 0));
+    return _mm256_and_si256(b, _mm256_set1_epi8(1));
 }
 
 static void keep_row_avx2(uint8_t *keep, size_t n, const attn_row_coord *at,
@@ -191,16 +202,19 @@ static void keep_row_avx2(uint8_t *keep, size_t n, const attn_row_coord *at,
     }
     const __m256i thr = _mm256_set1_epi32((int)d->threshold);
     WALK_SEGMENT(n, at, d, {
-        for (int r = 0; r < 4 * CHAINS && t + 8 * (size_t)r < end; r++) {
-            size_t pos = t + 8 * (size_t)r;
-            unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(kept_lanes(w[r], thr)));
-            uint64_t bytes = bits_to_bytes(m); /* byte l: stream position pos + l */
-            unsigned char tmp[8];
-            for (int l = 0; l < 8; l++)
-                tmp[l] = (unsigned char)(bytes >> (8 * l));
-            size_t lo = pos > s ? pos : s;
-            size_t hi = end - pos >= 8 ? pos + 8 : end;
-            memcpy(keep + (lo - s), tmp + (lo - pos), hi - lo);
+        uint8_t *base = SHIFTED(keep, s);
+        for (int g = 0; g < CHAINS && t + 32 * (size_t)g < end; g++) {
+            size_t pos = t + 32 * (size_t)g;
+            __m256i bytes = kept_bytes(w + 4 * g, thr);
+            if (pos >= s && end - pos >= 32) {
+                _mm256_storeu_si256((__m256i *)(base + pos), bytes);
+            } else {
+                uint8_t tmp[32];
+                _mm256_storeu_si256((__m256i *)tmp, bytes);
+                size_t lo = pos > s ? pos : s;
+                size_t hi = end - pos >= 32 ? pos + 32 : end;
+                memcpy(keep + (lo - s), tmp + (lo - pos), hi - lo);
+            }
         }
     });
 }
