@@ -24,7 +24,7 @@
 
 #define XOR3(a, b, c) _mm512_ternarylogic_epi32((a), (b), (c), 0x96)
 
-/* Rounds of the counters in x[u] (low halves of 64-bit lanes), u < nv: the nv vectors are
+/* Rounds of the counters in x[0][u] (low halves of 64-bit lanes), u < nv: the nv vectors are
  * independent chains interleaved for the multiplier's latency; word k ends in x[k][u]. */
 static inline __attribute__((always_inline)) void philox_vectors(int nv, __m512i x[4][4],
                                                                  const attn_dropout_plan *v)
