@@ -52,6 +52,8 @@ static void test_kernel_tables_complete(void **state)
         assert_string_equal(k->name, isas[i]);
         assert_non_null(k->online_row);
         assert_non_null(k->probs_row);
+        assert_non_null(k->dropout_row);
+        assert_non_null(k->keep_row);
     }
     assert_true(found >= 1);
     assert_non_null(attn_dispatch_kernels()->online_row);

@@ -238,10 +238,11 @@ ATTN_EXPORT void attn_destroy(attn_ctx *ctx);
 
 /*
  * Describes the most recent failure: with a context, of the last call that used it (an empty
- * string after a success); with NULL, of the last attn_create(), attn_create_static() or
- * attn_workspace_size() that failed on the calling thread. The text names the argument and the
- * bound, e.g. "args->kv_lens[3] = 70 exceeds kv_len = 64". The string is owned by the library
- * and stays valid until the next call with the same context (or on the same thread). Never NULL.
+ * string after a success); with NULL, of the last attn_create(), attn_create_static(),
+ * attn_workspace_size() or attn_dropout_mask() that failed on the calling thread. The text
+ * names the argument and the bound, e.g. "args->kv_lens[3] = 70 exceeds kv_len = 64". The string
+ * is owned by the library and stays valid until the next call with the same context (or on the
+ * same thread). Never NULL.
  */
 ATTN_EXPORT const char *attn_last_error(const attn_ctx *ctx);
 
@@ -450,6 +451,47 @@ ATTN_EXPORT void attn_backward_args_init_size(attn_backward_args *args, size_t s
  * ATTN_ERR_KV_LENS, ATTN_ERR_ALIAS. On failure nothing is written; attn_last_error(ctx) says why.
  */
 ATTN_EXPORT attn_status attn_backward(attn_ctx *ctx, const attn_backward_args *args);
+/* Dropout                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * Writes the attention-dropout keep-mask of one (batch, head) and a block of rows and columns:
+ * keep[r * ld + c] = 1 if element (batch_index, head, row0 + r, col0 + c) of the attention
+ * weights is kept, 0 if it is dropped, for r < rows and c < cols; the bytes between rows
+ * (c >= cols) are not touched. The mask is pinned, a pure function of its arguments: element
+ * (b, h, i, j) is dropped iff word (j mod 4) of
+ *     Philox4x32-10(counter = (j / 4, i, b * q_heads + h, offset),
+ *                   key = (seed mod 2^32, seed / 2^32))
+ * is below floor(p * 2^32) (integer divisions; counter words mod 2^32; Philox4x32-10 exactly as
+ * in the Random123 library). It does not depend on tiles, threads or call order, so any block
+ * can be computed on its own; docs/guide.md ("Dropout") reproduces it in numpy. Each element is
+ * dropped with probability floor(p * 2^32) / 2^32, kept elements are scaled by 1 / (1 - p)
+ * where dropout is applied; p = 0 keeps everything.
+ *   p:           dropout probability, 0 <= p < 1.
+ *   seed:        the 64-bit key.
+ *   offset:      counter word 3, e.g. a step number, so that one seed gives a fresh mask per step.
+ *   q_heads:     query heads of the problem (the head axis of the weights), >= 1.
+ *   batch_index: b; any value (b * q_heads + h is taken mod 2^32, as in the formula).
+ *   head:        h, the query head, < q_heads.
+ *   row0, rows:  query positions row0 .. row0 + rows - 1; row0 >= 0, rows >= 1,
+ *                row0 + rows <= 2^32 (positions are 32-bit, as q_len is).
+ *   col0, cols:  key positions col0 .. col0 + cols - 1, with the same bounds.
+ *   keep:        caller buffer of at least (rows - 1) * ld + cols bytes.
+ *   ld:          distance in bytes between the starts of consecutive rows in keep, >= cols.
+ * Returns ATTN_OK, or: ATTN_ERR_NULL_POINTER (keep NULL), ATTN_ERR_BAD_OPTION (p NaN or outside
+ * [0, 1)), ATTN_ERR_ZERO_SIZE (q_heads, rows or cols 0), ATTN_ERR_LIMIT (head >= q_heads;
+ * row0, col0 negative or above 2^32 - 1; rows, cols negative or reaching past position 2^32 - 1),
+ * ATTN_ERR_STRIDE (ld < cols), ATTN_ERR_OVERFLOW ((rows - 1) * ld + cols exceeds PTRDIFF_MAX).
+ * The arguments are checked in the order keep, p, q_heads, head, rows and row0, cols and col0,
+ * ld, extent, so a call with several faults reports the first. On failure nothing is written
+ * and attn_last_error(NULL) names the argument and the bound on the calling thread.
+ * Runs on the calling thread with the kernel variant of attn_kernel_isa() (every variant gives
+ * the same bytes); needs no context and allocates nothing. Thread-safe.
+ */
+ATTN_EXPORT attn_status attn_dropout_mask(float p, uint64_t seed, uint32_t offset,
+                                          uint32_t q_heads, uint32_t batch_index, uint32_t head,
+                                          int64_t row0, int64_t rows, int64_t col0, int64_t cols,
+                                          uint8_t *keep, int64_t ld);
 
 #ifdef __cplusplus
 }

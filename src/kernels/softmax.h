@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/dropout.h"
 #include "kernels/softmax_state.h"
 
 /* Where a row segment sits in the problem: kernels that key anything on positions (such as a
@@ -39,16 +40,35 @@ typedef void (*attn_probs_row_fn)(const float *s, size_t n, const float *bias,
                                   const uint8_t *mask, float m, float l, float *dst,
                                   int accumulate, const attn_row_coord *at);
 
+/*
+ * Dropout of one row segment (kernels/dropout.h gives the pinned mask): for k < n, the element
+ * at column j = at->col + k of row (at->batch, at->head, at->row) becomes x[k] * d->scale if
+ * kept and +0 if dropped (whatever its value, NaN included). The segment may start at any
+ * column and have any length; n = 0 does nothing.
+ */
+typedef void (*attn_dropout_row_fn)(float *x, size_t n, const attn_row_coord *at,
+                                    const attn_dropout *d);
+
+/* The keep-mask of the same segment: keep[k] = 1 if column at->col + k is kept, 0 if dropped. */
+typedef void (*attn_keep_row_fn)(uint8_t *keep, size_t n, const attn_row_coord *at,
+                                 const attn_dropout *d);
+
 typedef struct attn_kernels {
     const char *name; /* the instruction set of the table: "scalar", "avx2", "avx512" */
     attn_online_row_fn online_row;
     attn_probs_row_fn probs_row;
+    attn_dropout_row_fn dropout_row;
+    attn_keep_row_fn keep_row;
 } attn_kernels;
 
-/* Each variant writes the slots it implements into *t and leaves the others alone. The scalar
- * one writes every slot. A variant that was not compiled in writes nothing. */
+/* Each variant writes the slots it implements into *t and leaves the others alone; every
+ * kernel family has its own fill function per variant (softmax_*.c, dropout_*.c), and the
+ * scalar ones together write every slot. A variant that was not compiled in writes nothing. */
 void attn_kernels_fill_scalar(attn_kernels *t);
 void attn_kernels_fill_avx2(attn_kernels *t);
 void attn_kernels_fill_avx512(attn_kernels *t);
+void attn_dropout_fill_scalar(attn_kernels *t);
+void attn_dropout_fill_avx2(attn_kernels *t);
+void attn_dropout_fill_avx512(attn_kernels *t);
 
 #endif
