@@ -2,10 +2,11 @@
 # Installs the Debian packages libattn needs, if any is missing. Usage:
 #   scripts/install-deps.sh [build|test|ci]   (default: test)
 # build: compiler, CMake, OpenBLAS. test: + cmocka, Python's headers and numpy (the Python
-# module, its tests, the attn tool's tests and the check of the guide's numpy dropout code). ci: + valgrind, dpkg-dev (for CPack's dependency
-# list), BLIS and the OpenMP build of OpenBLAS (the other BLASes CI tests against), clang with its
-# libFuzzer runtime (the fuzz runs), librsvg2-bin (rsvg-convert renders the heat maps), PyTorch
-# (the Python module's tests and the backward benchmark compare with it).
+# module, its tests, the attn tool's tests, the check of the guide's numpy dropout code).
+# ci: + valgrind, dpkg-dev (for CPack's dependency list), BLIS and the OpenMP build of OpenBLAS
+# (the other BLASes CI tests against), clang with its libFuzzer runtime (the fuzz runs),
+# librsvg2-bin (rsvg-convert renders the heat maps), PyTorch (the Python module's tests and the
+# backward benchmark compare with it).
 set -eu
 level=${1:-test}
 pkgs="gcc libc6-dev make cmake pkg-config libopenblas-dev"
