@@ -36,21 +36,23 @@ typedef struct bench_case {
     uint32_t B, Hq, Hkv, Lq, Lk, D;
     int causal, decode, opt_in;
     int backward; /* time attn_backward; its GFLOP/s count 2.5x the forward's flops */
+    float dropout; /* desc.dropout */
 } bench_case;
 
 static const bench_case cases[] = {
-    {"enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0},
-    {"causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 0},
-    {"bert-512", 4, 12, 12, 512, 512, 64, 0, 0, 0, 0},
-    {"d128-2k", 1, 8, 8, 2048, 2048, 128, 0, 0, 0, 0},
-    {"gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 0},
-    {"decode-4k", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0},
-    {"decode-gqa-8k", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0},
-    {"long-8k", 1, 1, 1, 8192, 8192, 64, 1, 0, 0, 0},
-    {"long-64k", 1, 1, 1, 65536, 65536, 64, 1, 0, 1, 0},
-    {"bwd-enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 1},
-    {"bwd-causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 1},
-    {"bwd-gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 1},
+    {"enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.0f},
+    {"causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 0, 0.0f},
+    {"bert-512", 4, 12, 12, 512, 512, 64, 0, 0, 0, 0, 0.0f},
+    {"d128-2k", 1, 8, 8, 2048, 2048, 128, 0, 0, 0, 0, 0.0f},
+    {"gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 0, 0.0f},
+    {"decode-4k", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f},
+    {"decode-gqa-8k", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f},
+    {"long-8k", 1, 1, 1, 8192, 8192, 64, 1, 0, 0, 0, 0.0f},
+    {"long-64k", 1, 1, 1, 65536, 65536, 64, 1, 0, 1, 0, 0.0f},
+    {"enc-1k-drop", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.1f},
+    {"bwd-enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 1, 0.0f},
+    {"bwd-causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 1, 0.0f},
+    {"bwd-gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 1, 0.0f},
 };
 enum { NCASES = sizeof cases / sizeof cases[0] };
 
@@ -358,6 +360,7 @@ static attn_ctx *case_context(const bench_case *c, uint32_t threads, size_t *wor
     d.flags = c->causal ? ATTN_CAUSAL : 0;
     d.threads = threads;
     d.ops = c->backward ? ATTN_OP_FORWARD | ATTN_OP_BACKWARD : ATTN_OP_FORWARD;
+    d.dropout = c->dropout;
     attn_ctx *ctx;
     if (attn_create(&d, &ctx) != ATTN_OK) {
         fprintf(stderr, "attn-bench: %s: %s\n", c->name, attn_last_error(NULL));
@@ -489,9 +492,10 @@ int main(int argc, char **argv)
             want_scaling = 1;
         else if (!strcmp(argv[i], "--list")) {
             for (int c = 0; c < NCASES; c++)
-                printf("%-14s B=%u Hq=%u Hkv=%u Lq=%u Lk=%u D=%u%s%s\n", cases[c].name, cases[c].B,
-                       cases[c].Hq, cases[c].Hkv, cases[c].Lq, cases[c].Lk, cases[c].D,
-                       cases[c].causal ? " causal" : "", cases[c].opt_in ? " (opt-in)" : "");
+                printf("%-14s B=%u Hq=%u Hkv=%u Lq=%u Lk=%u D=%u%s%s%s%s\n", cases[c].name,
+                       cases[c].B, cases[c].Hq, cases[c].Hkv, cases[c].Lq, cases[c].Lk, cases[c].D,
+                       cases[c].causal ? " causal" : "", cases[c].backward ? " backward" : "",
+                       cases[c].dropout > 0.0f ? " dropout" : "", cases[c].opt_in ? " (opt-in)" : "");
             return 0;
         } else {
             usage();

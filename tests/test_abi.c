@@ -224,10 +224,12 @@ static void test_pinned_values(void **state)
     assert_int_equal(ATTN_WORKSPACE_ALIGN, 64);
     /* x86-64 / aarch64 (LP64) layout of the structs */
     if (sizeof(void *) == 8) {
-        assert_int_equal(sizeof(attn_desc), 72);
+        assert_int_equal(sizeof(attn_desc), 80);
         assert_int_equal(offsetof(attn_desc, ops), 68);
+        assert_int_equal(offsetof(attn_desc, dropout), 72);
         assert_int_equal(offsetof(attn_desc, threads), 64);
-        assert_int_equal(sizeof(attn_args), 336);
+        assert_int_equal(sizeof(attn_args), 352);
+        assert_int_equal(offsetof(attn_args, dropout_seed), 336);
         assert_int_equal(offsetof(attn_args, weights_strides), 264);
     }
 }

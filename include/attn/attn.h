@@ -169,13 +169,19 @@ typedef struct attn_desc {
                                   0 = the processors this process may use */
     /* --- since 0.2 --- */
     uint32_t ops;              /* OR of ATTN_OP_* the context will run; 0 = ATTN_OP_FORWARD */
+    float dropout;             /* attention dropout probability p, 0 <= p < 1; 0 = none. Each
+                                  weight is dropped (zeroed) after the softmax and before P.V
+                                  with probability p, the kept ones scaled by 1 / (1 - p), by the
+                                  pinned mask of attn_dropout_mask() keyed by the call's
+                                  dropout_seed and dropout_offset; lse and entropy describe the
+                                  weights before dropout, the weights output is after it */
 } attn_desc;
 
 /*
  * Fills the caller's attn_desc with the defaults: struct_size = `size`, 1 query head, 1 kv head,
  * qk_dim = v_dim = 64, scale 0 (1/sqrt(qk_dim)), no flags, unbounded window,
  * ATTN_MASKED_ROWS_ZERO, default allocator, threads 0 (all available processors), ops 0
- * (forward only). Exactly `size` bytes are written, so a program built against an older, smaller
+ * (forward only), dropout 0. Exactly `size` bytes are written, so a program built against an older, smaller
  * attn_desc is never written past its struct; a `size` larger than this library's attn_desc gets
  * its unknown tail zeroed (attn_create then refuses it with ATTN_ERR_STRUCT_SIZE). A NULL desc,
  * or a size below sizeof(size_t), is ignored. Thread-safe.
@@ -328,6 +334,11 @@ typedef struct attn_args {
     attn_strides weights_strides;
     attn_strides lse_strides;
     attn_strides entropy_strides;
+
+    /* --- since 0.2: the dropout mask's key (used when desc.dropout > 0): the same seed and
+     * offset in attn_backward regenerate the same mask. --- */
+    uint64_t dropout_seed;
+    uint32_t dropout_offset;
 } attn_args;
 
 /*
@@ -422,6 +433,9 @@ typedef struct attn_backward_args {
                                  shape: an axis along which bias_strides is 0 (broadcast) has size
                                  1 and its gradient is summed over it; [Bb, Hb, Lqb, kv_len] */
     attn_strides dbias_strides; /* {0, 0, 0}: contiguous in that shape */
+
+    uint64_t dropout_seed;    /* with desc.dropout > 0: the forward call's seed and offset, so the */
+    uint32_t dropout_offset;  /* backward regenerates the mask the forward applied */
 } attn_backward_args;
 
 /* Fills the caller's attn_backward_args with an empty call (like attn_args_init_size). */
@@ -434,6 +448,9 @@ ATTN_EXPORT void attn_backward_args_init_size(attn_backward_args *args, size_t s
  *   P = softmax(scale Q Kᵀ + bias) over the visible keys, recomputed from the saved lse;
  *   dV = Pᵀ dO;  dP = dO Vᵀ;  dS = P ∘ (dP - rowsum(dO ∘ O));  dQ = scale dS K;  dK = scale dSᵀ Q;
  *   dbias = dS (summed over the bias's broadcast axes).
+ * With desc.dropout = p > 0 the mask M of (dropout_seed, dropout_offset) is regenerated: the
+ * forward computed O = (P ∘ M / (1 - p)) V, so dV = (P ∘ M / (1 - p))ᵀ dO and dP is taken through
+ * the same mask; dS keeps the formula above (rowsum(dO ∘ O) uses the dropped output).
  * Every product is a cblas_sgemm on tiles; tiles that causal, window or kv_lens hide are skipped;
  * no Lq x Lk buffer exists and nothing is allocated. The work is split so that each gradient
  * element is owned by one task (a key-major pass for dK and dV, a query-major pass for dQ and

@@ -108,19 +108,35 @@ static int tile_ds(const attn_backward_call *c, const attn_task *t, attn_backwar
         return 0;
     const float *g = dout_rows(c, t);
     int rows = (int)t->rows;
-    if (dv_acc)
+    if (dv_acc && p->dropout) {
+        /* dV takes the dropped weights the forward multiplied V by: P ∘ M / (1 - p), built in
+         * the dP buffer (free until dP), P itself kept for dS */
+        for (int64_t r = 0; r < t->rows; r++) {
+            float *dst = s->dp + r * ATTN_TILE_K;
+            memcpy(dst, sc + r * ATTN_TILE_K, (size_t)n * sizeof *dst);
+            attn_row_coord at = attn_task_coord(t, r, j0);
+            ctx->kernels->dropout_row(dst, (size_t)n, &at, p->dropout);
+        }
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)n, (int)Dv, rows, 1.0f, s->dp,
+                    ATTN_TILE_K, g, c->lddo, 1.0f, dv_acc, (int)ld_dv);
+    } else if (dv_acc) {
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)n, (int)Dv, rows, 1.0f, sc,
                     ATTN_TILE_K, g, c->lddo, 1.0f, dv_acc, (int)ld_dv);
+    }
     attn_kv_tile v = attn_kv_get(p->kv, ATTN_KV_VALUES, t->b, t->g, j0, n, t->w->convert);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, (int)n, (int)Dv, 1.0f, g, c->lddo,
                 v.data, v.ld, 0.0f, s->dp, ATTN_TILE_K);
     for (int64_t r = 0; r < t->rows; r++) {
         float *row = sc + r * ATTN_TILE_K;
-        const float *dp = s->dp + r * ATTN_TILE_K;
+        float *dp = s->dp + r * ATTN_TILE_K;
         int64_t a, z;
         attn_task_row_span(t, r, j0, n, &a, &z);
         if (a >= z || s->lse[r] == -INFINITY)
             continue;
+        if (p->dropout) { /* dP through the same mask and scale */
+            attn_row_coord at = attn_task_coord(t, r, j0 + a);
+            ctx->kernels->dropout_row(dp + a, (size_t)(z - a), &at, p->dropout);
+        }
         float delta = s->delta[r];
         for (int64_t j = a; j < z; j++)
             row[j] = row[j] * (dp[j] - delta);

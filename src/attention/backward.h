@@ -11,6 +11,7 @@
 typedef struct attn_backward_call {
     attn_problem p;
     attn_kv_source kv;
+    attn_dropout dropout;
     const float *out, *dout, *lse;
     attn_strides out_strides, dout_strides, lse_strides;
     int lddo;                        /* leading dimension of dO rows */

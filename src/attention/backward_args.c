@@ -120,6 +120,11 @@ attn_status attn_backward_check(attn_ctx *ctx, const attn_backward_args *caller,
     p->kv = &c->kv;
     p->score = &attn_score_dot;
     p->entropy = 0;
+    p->dropout = NULL;
+    if (d->dropout > 0.0f) {
+        c->dropout = attn_dropout_make(d->dropout, a.dropout_seed, a.dropout_offset, d->q_heads);
+        p->dropout = &c->dropout;
+    }
     c->out = a.out, c->out_strides = a.out_strides;
     c->dout = a.dout, c->dout_strides = a.dout_strides, c->lddo = t[T_DOUT].ld;
     c->lse = a.lse, c->lse_strides = t[T_LSE].strides;

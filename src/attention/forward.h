@@ -12,6 +12,7 @@
 typedef struct attn_forward_call {
     attn_problem p;
     attn_kv_source kv;
+    attn_dropout dropout;
     uint32_t weights_mode;
     float *out;
     attn_strides out_strides;

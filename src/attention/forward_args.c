@@ -20,7 +20,7 @@ static const attn_args args_defaults = {
 /* The sizes of attn_args this library accepts, oldest first. */
 static const size_t args_sizes[] = {
     offsetof(attn_args, weights_strides), /* 0.1: through `entropy` */
-    sizeof(attn_args),                    /* 0.2: + output strides */
+    sizeof(attn_args),                    /* 0.2: + output strides, dropout key */
 };
 
 void attn_args_init_size(attn_args *args, size_t size)
@@ -153,6 +153,11 @@ attn_status attn_forward_check(attn_ctx *ctx, const attn_args *caller, attn_forw
     p->kv = &c->kv;
     p->score = &attn_score_dot;
     p->entropy = a.entropy != NULL;
+    p->dropout = NULL;
+    if (d->dropout > 0.0f) {
+        c->dropout = attn_dropout_make(d->dropout, a.dropout_seed, a.dropout_offset, d->q_heads);
+        p->dropout = &c->dropout;
+    }
     c->weights_mode = a.weights_mode;
     c->out = a.out;
     c->out_strides = a.out_strides;

@@ -60,9 +60,19 @@ void attn_write_weights(const attn_forward_call *c, const attn_task *t)
             const float *bias = attn_task_bias_row(p, t, r);
             const uint8_t *mask = attn_task_mask_row(p, t, r);
             attn_row_coord at = attn_task_coord(t, r, j0 + lo);
-            ctx->kernels->probs_row(s + lo, (size_t)(hi - lo), bias ? bias + j0 + lo : NULL,
-                                    mask ? mask + j0 + lo : NULL, st->m, st->l, dst + lo,
-                                    accumulate, &at);
+            if (!p->dropout) {
+                ctx->kernels->probs_row(s + lo, (size_t)(hi - lo), bias ? bias + j0 + lo : NULL,
+                                        mask ? mask + j0 + lo : NULL, st->m, st->l, dst + lo,
+                                        accumulate, &at);
+                continue;
+            }
+            /* with dropout: the probabilities in the score row, dropped there, then stored */
+            float *pr = w->scores + r * ATTN_TILE_K + lo;
+            ctx->kernels->probs_row(pr, (size_t)(hi - lo), bias ? bias + j0 + lo : NULL,
+                                    mask ? mask + j0 + lo : NULL, st->m, st->l, pr, 0, &at);
+            ctx->kernels->dropout_row(pr, (size_t)(hi - lo), &at, p->dropout);
+            for (int64_t j = 0; j < hi - lo; j++)
+                dst[lo + j] = accumulate ? dst[lo + j] + pr[j] : pr[j];
         }
     }
     if (mean && h == H - 1) {

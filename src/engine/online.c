@@ -33,6 +33,8 @@ static void softmax_and_values(const attn_problem *p, const attn_task *t, int64_
                                                bias ? bias + j0 + lo : NULL,
                                                mask ? mask + j0 + lo : NULL, &state[r],
                                                p->entropy, &at);
+        if (p->dropout) /* after the softmax state saw the row, before P.V */
+            ctx->kernels->dropout_row(s + lo, (size_t)(hi - lo), &at, p->dropout);
         if (alpha != 1.0f) {
             float *row = acc + r * dv;
             for (int64_t d = 0; d < dv; d++)

@@ -11,6 +11,7 @@
 
 #include "core/context.h"
 #include "engine/kv_source.h"
+#include "kernels/dropout.h"
 #include "mask/visibility.h"
 
 typedef struct attn_score_op attn_score_op;
@@ -30,6 +31,7 @@ typedef struct attn_problem {
     const attn_kv_source *kv;
     const attn_score_op *score;
     int entropy;                  /* keep the entropy accumulator u */
+    const attn_dropout *dropout;  /* NULL: no dropout */
 } attn_problem;
 
 #endif

@@ -30,6 +30,12 @@ static int visible(const ref_problem *p, int64_t b, int64_t h, int64_t i, int64_
 
 void ref_backward(const ref_problem *p, const ref_result *fwd, const double *dout, ref_grads *g)
 {
+    ref_backward_dropout(p, fwd, dout, NULL, 1.0, g);
+}
+
+void ref_backward_dropout(const ref_problem *p, const ref_result *fwd, const double *dout,
+                          const unsigned char *keep, double scale, ref_grads *g)
+{
     int64_t B = p->B, Hq = p->Hq, Hkv = p->Hkv, Lq = p->Lq, Lk = p->Lk, D = p->D, Dv = p->Dv;
     int64_t group = Hq / Hkv;
     g->Bb = p->bias && p->bias_s.batch == 0 ? 1 : B;
@@ -83,14 +89,18 @@ void ref_backward(const ref_problem *p, const ref_result *fwd, const double *dou
                         dp_abs += fabs(G[d] * v[d]);
                     }
                     double e_dp = (double)(Dv + 2) * U * dp_abs;
+                    /* dropout: the forward used P ∘ keep · scale, so do dV and dP */
+                    double kj = keep ? (keep[row * Lk + j] ? scale : 0.0) : 1.0;
+                    dp *= kj;
+                    e_dp = e_dp * kj + (kj != 1.0 ? U * fabs(dp) : 0.0);
                     ds[j] = P[j] * (dp - delta);
                     e_ds[j] = rel_p * P[j] * fabs(dp - delta) + P[j] * (e_dp + e_delta) +
                               U * fabs(ds[j]) + 0x1p-126 * (fabs(dp) + fabs(delta));
                     for (int64_t d = 0; d < Dv; d++) {
                         size_t at = (size_t)(((b * Hkv + gh) * Lk + j) * Dv + d);
-                        g->dv[at] += P[j] * G[d];
-                        dv_a[at] += P[j] * fabs(G[d]);
-                        dv_e[at] += (rel_p * P[j] + 0x1p-126) * fabs(G[d]);
+                        g->dv[at] += kj * P[j] * G[d];
+                        dv_a[at] += kj * P[j] * fabs(G[d]);
+                        dv_e[at] += (kj * (rel_p + U) * P[j] + 0x1p-126) * fabs(G[d]);
                     }
                     for (int64_t d = 0; d < D; d++) {
                         size_t at = (size_t)(((b * Hkv + gh) * Lk + j) * D + d);

@@ -19,6 +19,11 @@ typedef struct ref_grads {
 
 /* fwd: ref_attention's result for p (its weights are P). dout dense [B,Hq,Lq,Dv]. */
 void ref_backward(const ref_problem *p, const ref_result *fwd, const double *dout, ref_grads *g);
+
+/* With dropout: keep dense [B,Hq,Lq,Lk] (1 = kept), kept weights scaled by `scale`; fwd->out
+ * (and its tolerance) must then be the forward's output with that dropout applied. */
+void ref_backward_dropout(const ref_problem *p, const ref_result *fwd, const double *dout,
+                          const unsigned char *keep, double scale, ref_grads *g);
 void ref_grads_free(ref_grads *g);
 
 /* Loss L = Σ out · dout of the forward oracle (for finite differences of the oracle). */
