@@ -37,22 +37,26 @@ typedef struct bench_case {
     int causal, decode, opt_in;
     int backward; /* time attn_backward; its GFLOP/s count 2.5x the forward's flops */
     float dropout; /* desc.dropout */
+    uint32_t kv_dtype; /* desc.kv_dtype: 16-bit K and V read half the bytes */
 } bench_case;
 
 static const bench_case cases[] = {
-    {"enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.0f},
-    {"causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 0, 0.0f},
-    {"bert-512", 4, 12, 12, 512, 512, 64, 0, 0, 0, 0, 0.0f},
-    {"d128-2k", 1, 8, 8, 2048, 2048, 128, 0, 0, 0, 0, 0.0f},
-    {"gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 0, 0.0f},
-    {"decode-4k", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f},
-    {"decode-gqa-8k", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f},
-    {"long-8k", 1, 1, 1, 8192, 8192, 64, 1, 0, 0, 0, 0.0f},
-    {"long-64k", 1, 1, 1, 65536, 65536, 64, 1, 0, 1, 0, 0.0f},
-    {"enc-1k-drop", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.1f},
-    {"bwd-enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 1, 0.0f},
-    {"bwd-causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 1, 0.0f},
-    {"bwd-gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 1, 0.0f},
+    {"enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32},
+    {"causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 0, 0.0f, ATTN_KV_F32},
+    {"bert-512", 4, 12, 12, 512, 512, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32},
+    {"d128-2k", 1, 8, 8, 2048, 2048, 128, 0, 0, 0, 0, 0.0f, ATTN_KV_F32},
+    {"gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 0, 0.0f, ATTN_KV_F32},
+    {"decode-4k", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32},
+    {"decode-gqa-8k", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32},
+    {"decode-4k-f16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16},
+    {"decode-4k-bf16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_BF16},
+    {"decode-gqa-8k-f16", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16},
+    {"long-8k", 1, 1, 1, 8192, 8192, 64, 1, 0, 0, 0, 0.0f, ATTN_KV_F32},
+    {"long-64k", 1, 1, 1, 65536, 65536, 64, 1, 0, 1, 0, 0.0f, ATTN_KV_F32},
+    {"enc-1k-drop", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.1f, ATTN_KV_F32},
+    {"bwd-enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 1, 0.0f, ATTN_KV_F32},
+    {"bwd-causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 1, 0.0f, ATTN_KV_F32},
+    {"bwd-gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 1, 0.0f, ATTN_KV_F32},
 };
 enum { NCASES = sizeof cases / sizeof cases[0] };
 
@@ -312,6 +316,15 @@ static void case_data_init(const bench_case *c, case_data *cd)
     a->q = cd->q, a->q_strides = attn_strides_bhsd(c->Hq, c->Lq, c->D);
     a->k = cd->k, a->k_strides = attn_strides_bhsd(c->Hkv, c->Lk, c->D);
     a->v = cd->v, a->v_strides = attn_strides_bhsd(c->Hkv, c->Lk, c->D);
+    if (c->kv_dtype != ATTN_KV_F32) { /* 16-bit K and V: the upper halves (bfloat16) or ±1e-3 f16 */
+        uint16_t *k16 = (uint16_t *)(void *)cd->k, *v16 = (uint16_t *)(void *)cd->v;
+        for (size_t i = 0; i < cd->nkv; i++) { /* in place: element i is read before it is written */
+            uint32_t kb, vb;
+            memcpy(&kb, &cd->k[i], 4), memcpy(&vb, &cd->v[i], 4);
+            k16[i] = c->kv_dtype == ATTN_KV_BF16 ? (uint16_t)(kb >> 16) : (uint16_t)(0x1400u + (kb & 0x3FFu));
+            v16[i] = c->kv_dtype == ATTN_KV_BF16 ? (uint16_t)(vb >> 16) : (uint16_t)(0x1400u + (vb & 0x3FFu));
+        }
+    }
     a->out = cd->out, a->out_strides = attn_strides_bhsd(c->Hq, c->Lq, c->D);
     cd->lse = cd->dout = cd->dq = cd->dk = cd->dv = NULL;
     attn_backward_args_init(&cd->bwd);
@@ -361,6 +374,7 @@ static attn_ctx *case_context(const bench_case *c, uint32_t threads, size_t *wor
     d.threads = threads;
     d.ops = c->backward ? ATTN_OP_FORWARD | ATTN_OP_BACKWARD : ATTN_OP_FORWARD;
     d.dropout = c->dropout;
+    d.kv_dtype = c->kv_dtype;
     attn_ctx *ctx;
     if (attn_create(&d, &ctx) != ATTN_OK) {
         fprintf(stderr, "attn-bench: %s: %s\n", c->name, attn_last_error(NULL));
@@ -383,7 +397,8 @@ static result run_case(const bench_case *c, uint32_t threads, int reps, machine 
     double baseline = status_mib("VmRSS:"); /* the ceiling and bandwidth buffers */
     case_data cd;
     case_data_init(c, &cd);
-    res.data_mib = (double)(2 * cd.nq + 2 * cd.nkv) * sizeof(float) / (1 << 20);
+    res.data_mib = ((double)(2 * cd.nq) * sizeof(float) +
+                    (double)(2 * cd.nkv) * (c->kv_dtype == ATTN_KV_F32 ? 4.0 : 2.0)) / (1 << 20);
     if (c->backward) /* + dout, dq, dk, dv and lse */
         res.data_mib += (double)(2 * cd.nq + 2 * cd.nkv + (size_t)c->B * c->Hq * c->Lq) *
                         sizeof(float) / (1 << 20);
@@ -392,7 +407,7 @@ static result run_case(const bench_case *c, uint32_t threads, int reps, machine 
     case_call_setup(c, ctx, &cd);
     double flops = 4.0 * c->B * c->Hq * (double)c->Lq * c->Lk * c->D * (c->causal ? 0.5 : 1.0) *
                    (c->backward ? 2.5 : 1.0);
-    double bytes = 2.0 * (double)cd.nkv * sizeof(float);
+    double bytes = 2.0 * (double)cd.nkv * (c->kv_dtype == ATTN_KV_F32 ? 4.0 : 2.0);
     enum { MAXREPS = 64 };
     double t[MAXREPS], ceil[MAXREPS], ratio[MAXREPS], bw[MAXREPS], bw_ratio[MAXREPS];
     reps = reps > MAXREPS ? MAXREPS : reps;
@@ -492,10 +507,14 @@ int main(int argc, char **argv)
             want_scaling = 1;
         else if (!strcmp(argv[i], "--list")) {
             for (int c = 0; c < NCASES; c++)
-                printf("%-14s B=%u Hq=%u Hkv=%u Lq=%u Lk=%u D=%u%s%s%s%s\n", cases[c].name,
+                printf("%-14s B=%u Hq=%u Hkv=%u Lq=%u Lk=%u D=%u%s%s%s%s%s\n", cases[c].name,
                        cases[c].B, cases[c].Hq, cases[c].Hkv, cases[c].Lq, cases[c].Lk, cases[c].D,
                        cases[c].causal ? " causal" : "", cases[c].backward ? " backward" : "",
-                       cases[c].dropout > 0.0f ? " dropout" : "", cases[c].opt_in ? " (opt-in)" : "");
+                       cases[c].dropout > 0.0f ? " dropout" : "",
+                       cases[c].kv_dtype == ATTN_KV_F16    ? " f16 K/V"
+                       : cases[c].kv_dtype == ATTN_KV_BF16 ? " bf16 K/V"
+                                                           : "",
+                       cases[c].opt_in ? " (opt-in)" : "");
             return 0;
         } else {
             usage();

@@ -132,6 +132,15 @@ typedef enum attn_masked_rows {
     ATTN_MASKED_ROWS_NAN = 1   /* out row NaN, weights row NaN, entropy NaN, lse -inf */
 } attn_masked_rows;
 
+/* How K and V are stored (attn_desc.kv_dtype; pinned values). The 16-bit types halve the bytes
+ * read, which is what decoding is bound by; they are converted to float tile by tile and every
+ * product and sum stays in float32. */
+typedef enum attn_kv_dtype {
+    ATTN_KV_F32 = 0,  /* float (default) */
+    ATTN_KV_F16 = 1,  /* IEEE 754 binary16, as uint16_t bits */
+    ATTN_KV_BF16 = 2  /* bfloat16 (the upper half of a float), as uint16_t bits */
+} attn_kv_dtype;
+
 /*
  * Caller-provided memory functions. alloc returns memory aligned to at least `alignment` bytes
  * (a power of two, at most 4096) or NULL; free releases what alloc returned (never called with
@@ -175,13 +184,18 @@ typedef struct attn_desc {
                                   pinned mask of attn_dropout_mask() keyed by the call's
                                   dropout_seed and dropout_offset; lse and entropy describe the
                                   weights before dropout, the weights output is after it */
+    uint32_t kv_dtype;         /* an attn_kv_dtype: the element type of args.k and args.v (and of
+                                  attn_backward_args.k, .v). With ATTN_KV_F16 or ATTN_KV_BF16 those
+                                  pointers point to uint16_t elements: cast them to const float *
+                                  (strides still count elements). The context reserves room to
+                                  convert one key and one value tile per thread. */
 } attn_desc;
 
 /*
  * Fills the caller's attn_desc with the defaults: struct_size = `size`, 1 query head, 1 kv head,
  * qk_dim = v_dim = 64, scale 0 (1/sqrt(qk_dim)), no flags, unbounded window,
  * ATTN_MASKED_ROWS_ZERO, default allocator, threads 0 (all available processors), ops 0
- * (forward only), dropout 0. Exactly `size` bytes are written, so a program built against an older, smaller
+ * (forward only), dropout 0, kv_dtype ATTN_KV_F32. Exactly `size` bytes are written, so a program built against an older, smaller
  * attn_desc is never written past its struct; a `size` larger than this library's attn_desc gets
  * its unknown tail zeroed (attn_create then refuses it with ATTN_ERR_STRUCT_SIZE). A NULL desc,
  * or a size below sizeof(size_t), is ignored. Thread-safe.
@@ -303,9 +317,10 @@ typedef struct attn_args {
 
     const float *q;           /* [batch, q_heads, q_len, qk_dim] through q_strides */
     attn_strides q_strides;
-    const float *k;           /* [batch, kv_heads, kv_len, qk_dim] through k_strides */
+    const float *k;           /* [batch, kv_heads, kv_len, qk_dim] through k_strides; elements of
+                                 desc.kv_dtype (16-bit ones through a cast pointer) */
     attn_strides k_strides;
-    const float *v;           /* [batch, kv_heads, kv_len, v_dim] through v_strides */
+    const float *v;           /* [batch, kv_heads, kv_len, v_dim] through v_strides; likewise */
     attn_strides v_strides;
     float *out;               /* [batch, q_heads, q_len, v_dim] through out_strides; strides
                                  must not make two elements share memory */

@@ -61,8 +61,8 @@ attn_status attn_backward_check(attn_ctx *ctx, const attn_backward_args *caller,
                    rows = ATTN_USE_BLAS_ROWS;
     attn_tensor t[T_COUNT] = {
         [T_Q] = {"q", a.q, ATTN_DTYPE_F32, in | req | rows, {B, Hq, Lq, Dk}, a.q_strides, 0, 0},
-        [T_K] = {"k", a.k, ATTN_DTYPE_F32, in | req | rows, {B, Hkv, Lk, Dk}, a.k_strides, 0, 0},
-        [T_V] = {"v", a.v, ATTN_DTYPE_F32, in | req | rows, {B, Hkv, Lk, Dv}, a.v_strides, 0, 0},
+        [T_K] = {"k", a.k, attn_kv_tensor_dtype(d->kv_dtype), in | req | rows, {B, Hkv, Lk, Dk}, a.k_strides, 0, 0},
+        [T_V] = {"v", a.v, attn_kv_tensor_dtype(d->kv_dtype), in | req | rows, {B, Hkv, Lk, Dv}, a.v_strides, 0, 0},
         [T_OUT] = {"out", a.out, ATTN_DTYPE_F32, in | req, {B, Hq, Lq, Dv}, a.out_strides, 0, 0},
         [T_DOUT] = {"dout", a.dout, ATTN_DTYPE_F32, in | req | rows, {B, Hq, Lq, Dv},
                     a.dout_strides, 0, 0},
@@ -116,7 +116,7 @@ attn_status attn_backward_check(attn_ctx *ctx, const attn_backward_args *caller,
     p->q = a.q, p->q_strides = a.q_strides, p->ldq = t[T_Q].ld;
     p->mask = a.mask, p->mask_strides = a.mask_strides;
     p->bias = a.bias, p->bias_strides = a.bias_strides;
-    attn_kv_source_strided(&c->kv, &t[T_K], &t[T_V]);
+    attn_kv_source_strided(&c->kv, ctx, &t[T_K], &t[T_V]);
     p->kv = &c->kv;
     p->score = &attn_score_dot;
     p->entropy = 0;

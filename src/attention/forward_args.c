@@ -68,8 +68,8 @@ attn_status attn_forward_check(attn_ctx *ctx, const attn_args *caller, attn_forw
                    rows = ATTN_USE_BLAS_ROWS;
     attn_tensor t[T_COUNT] = {
         [T_Q] = {"q", a.q, ATTN_DTYPE_F32, in | req | rows, {B, Hq, Lq, Dk}, a.q_strides, 0, 0},
-        [T_K] = {"k", a.k, ATTN_DTYPE_F32, in | req | rows, {B, Hkv, Lk, Dk}, a.k_strides, 0, 0},
-        [T_V] = {"v", a.v, ATTN_DTYPE_F32, in | req | rows, {B, Hkv, Lk, Dv}, a.v_strides, 0, 0},
+        [T_K] = {"k", a.k, attn_kv_tensor_dtype(d->kv_dtype), in | req | rows, {B, Hkv, Lk, Dk}, a.k_strides, 0, 0},
+        [T_V] = {"v", a.v, attn_kv_tensor_dtype(d->kv_dtype), in | req | rows, {B, Hkv, Lk, Dv}, a.v_strides, 0, 0},
         [T_OUT] = {"out", a.out, ATTN_DTYPE_F32, out | req, {B, Hq, Lq, Dv}, a.out_strides, 0, 0},
         [T_MASK] = {"mask", a.mask, ATTN_DTYPE_U8, in, {B, Hq, Lq, Lk}, a.mask_strides, 0, 0},
         [T_BIAS] = {"bias", a.bias, ATTN_DTYPE_F32, in, {B, Hq, Lq, Lk}, a.bias_strides, 0, 0},
@@ -149,7 +149,7 @@ attn_status attn_forward_check(attn_ctx *ctx, const attn_args *caller, attn_forw
     p->mask_strides = a.mask_strides;
     p->bias = a.bias;
     p->bias_strides = a.bias_strides;
-    attn_kv_source_strided(&c->kv, &t[T_K], &t[T_V]);
+    attn_kv_source_strided(&c->kv, ctx, &t[T_K], &t[T_V]);
     p->kv = &c->kv;
     p->score = &attn_score_dot;
     p->entropy = a.entropy != NULL;

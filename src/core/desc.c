@@ -21,6 +21,7 @@ static const attn_desc desc_defaults = {
     .threads = 0,
     .ops = 0,
     .dropout = 0.0f,
+    .kv_dtype = ATTN_KV_F32,
 };
 
 /* 0.1's attn_desc ended with `threads`; its sizeof included the tail padding. */
@@ -31,7 +32,7 @@ static const attn_desc desc_defaults = {
 static const size_t desc_sizes[] = {
     DESC_FIELDS_0_1,   /* the 0.1 fields */
     DESC_SIZE_0_1,     /* 0.1's sizeof (its padding is where `ops` now lies: 0 is the default) */
-    sizeof(attn_desc), /* 0.2: + ops, dropout */
+    sizeof(attn_desc), /* 0.2: + ops, dropout, kv_dtype */
 };
 
 void attn_desc_init_size(attn_desc *desc, size_t size)
@@ -99,6 +100,9 @@ attn_status attn_desc_resolve(const attn_desc *caller, attn_desc *d)
     if (!(d->dropout >= 0.0f && d->dropout < 1.0f))
         return attn_fail(NULL, ATTN_ERR_BAD_OPTION, "desc->dropout = %g is outside [0, 1)",
                          (double)d->dropout);
+    if (d->kv_dtype != ATTN_KV_F32 && d->kv_dtype != ATTN_KV_F16 && d->kv_dtype != ATTN_KV_BF16)
+        return attn_fail(NULL, ATTN_ERR_BAD_OPTION, "desc->kv_dtype = %u is not an attn_kv_dtype",
+                         d->kv_dtype);
     if (d->threads > ATTN_MAX_THREADS)
         return attn_fail(NULL, ATTN_ERR_LIMIT, "desc->threads = %u exceeds ATTN_MAX_THREADS = %u",
                          d->threads, ATTN_MAX_THREADS);

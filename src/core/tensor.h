@@ -17,12 +17,20 @@
 typedef enum attn_dtype {
     ATTN_DTYPE_F32 = 0,
     ATTN_DTYPE_U8 = 1,  /* boolean masks */
-    ATTN_DTYPE_I32 = 2  /* per-batch lengths */
+    ATTN_DTYPE_I32 = 2, /* per-batch lengths */
+    ATTN_DTYPE_F16 = 3, /* K and V with ATTN_KV_F16 */
+    ATTN_DTYPE_BF16 = 4 /* K and V with ATTN_KV_BF16 */
 } attn_dtype;
 
 static inline size_t attn_dtype_size(uint32_t dtype)
 {
-    return dtype == ATTN_DTYPE_U8 ? 1 : 4;
+    return dtype == ATTN_DTYPE_U8 ? 1 : dtype == ATTN_DTYPE_F16 || dtype == ATTN_DTYPE_BF16 ? 2 : 4;
+}
+
+/* The tensor dtype of K and V for a descriptor's kv_dtype. */
+static inline uint32_t attn_kv_tensor_dtype(uint32_t kv_dtype)
+{
+    return kv_dtype == ATTN_KV_F16 ? ATTN_DTYPE_F16 : kv_dtype == ATTN_KV_BF16 ? ATTN_DTYPE_BF16 : ATTN_DTYPE_F32;
 }
 
 /* attn_tensor.use bits. */

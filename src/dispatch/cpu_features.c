@@ -15,16 +15,17 @@ static uint64_t read_xcr0(void)
 
 attn_cpu_features attn_cpu_features_detect(void)
 {
-    attn_cpu_features f = {false, false};
+    attn_cpu_features f = {false, false, false};
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d))
         return f;
-    int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
+    int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, f16c = (c >> 29) & 1;
     if (!osxsave || !avx)
         return f;
     uint64_t xcr0 = read_xcr0();
     int ymm_state = (xcr0 & 0x6) == 0x6;     /* SSE and AVX state */
     int zmm_state = (xcr0 & 0xe6) == 0xe6;   /* plus opmask, ZMM_Hi256, Hi16_ZMM */
+    f.f16c = ymm_state && f16c;
     if (__get_cpuid_max(0, 0) < 7)
         return f;
     __cpuid_count(7, 0, a, b, c, d);
@@ -36,7 +37,7 @@ attn_cpu_features attn_cpu_features_detect(void)
 #else
 attn_cpu_features attn_cpu_features_detect(void)
 {
-    attn_cpu_features f = {false, false};
+    attn_cpu_features f = {false, false, false};
     return f;
 }
 #endif

@@ -16,10 +16,12 @@
 
 #ifndef ATTN_HAVE_AVX2
 void attn_kernels_fill_avx2(attn_kernels *t) { (void)t; }
+void attn_widen_fill_avx2(attn_kernels *t) { (void)t; }
 void attn_dropout_fill_avx2(attn_kernels *t) { (void)t; }
 #endif
 #ifndef ATTN_HAVE_AVX512
 void attn_kernels_fill_avx512(attn_kernels *t) { (void)t; }
+void attn_widen_fill_avx512(attn_kernels *t) { (void)t; }
 void attn_dropout_fill_avx512(attn_kernels *t) { (void)t; }
 #endif
 
@@ -45,17 +47,21 @@ static void build_tables(void)
     attn_cpu_features f = attn_cpu_features_detect();
     attn_kernels_fill_scalar(&tables[TABLE_SCALAR]);
     attn_dropout_fill_scalar(&tables[TABLE_SCALAR]);
+    attn_widen_fill_scalar(&tables[TABLE_SCALAR]);
     runnable[TABLE_SCALAR] = 1;
 
     tables[TABLE_AVX2] = tables[TABLE_SCALAR];
     attn_kernels_fill_avx2(&tables[TABLE_AVX2]);
     attn_dropout_fill_avx2(&tables[TABLE_AVX2]);
+    if (f.f16c) /* an AVX2 CPU without F16C keeps the scalar widening */
+        attn_widen_fill_avx2(&tables[TABLE_AVX2]);
     runnable[TABLE_AVX2] = HAVE_AVX2 && f.avx2_fma;
 
     /* AVX-512 machines have AVX2 too; the check keeps an odd CPU on the scalar fallback. */
     tables[TABLE_AVX512] = f.avx2_fma ? tables[TABLE_AVX2] : tables[TABLE_SCALAR];
     attn_kernels_fill_avx512(&tables[TABLE_AVX512]);
     attn_dropout_fill_avx512(&tables[TABLE_AVX512]);
+    attn_widen_fill_avx512(&tables[TABLE_AVX512]);
     runnable[TABLE_AVX512] = HAVE_AVX512 && f.avx512f;
 }
 

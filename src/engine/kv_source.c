@@ -1,24 +1,40 @@
-/* Key/value tiles read in place from strided tensors. */
+/* Key/value tiles from strided tensors: read in place (float) or widened (16-bit). */
 #include "engine/kv_source.h"
+#include "engine/scratch.h"
+#include "engine/tiles.h"
 
 static attn_kv_tile strided_tile(const attn_kv_source *src, int which, int64_t b, int64_t g,
                                  int64_t j0, int64_t n, float *convert)
 {
-    (void)n, (void)convert;
     int64_t offset = attn_tensor_offset(&src->strides[which], b, g, j0);
-    attn_kv_tile t = {src->base[which] + offset * (int64_t)attn_dtype_size(src->dtype[which]),
-                      src->ld[which], src->dtype[which]};
+    const char *rows = src->base[which] + offset * (int64_t)attn_dtype_size(src->dtype[which]);
+    if (src->dtype[which] == ATTN_DTYPE_F32) {
+        attn_kv_tile t = {rows, src->ld[which], ATTN_DTYPE_F32};
+        return t;
+    }
+    /* 16-bit rows, widened into this thread's convert buffer; the products then read floats */
+    int64_t w = src->width[which], ld = src->strides[which].seq;
+    float *dst = convert + which * src->convert_stride;
+    uint32_t kind = src->dtype[which] == ATTN_DTYPE_F16 ? ATTN_WIDEN_F16 : ATTN_WIDEN_BF16;
+    for (int64_t j = 0; j < n; j++)
+        src->kernels->widen(dst + j * w, (const uint16_t *)(const void *)rows + j * ld, (size_t)w,
+                            kind);
+    attn_kv_tile t = {dst, (int)w, ATTN_DTYPE_F32};
     return t;
 }
 
-void attn_kv_source_strided(attn_kv_source *src, const attn_tensor *k, const attn_tensor *v)
+void attn_kv_source_strided(attn_kv_source *src, const attn_ctx *ctx, const attn_tensor *k,
+                            const attn_tensor *v)
 {
     const attn_tensor *t[2] = {k, v};
     src->tile = strided_tile;
+    src->kernels = ctx->kernels;
+    src->convert_stride = attn_convert_tile_floats(ctx);
     for (int i = 0; i < 2; i++) {
         src->base[i] = t[i]->data;
         src->strides[i] = t[i]->strides;
         src->ld[i] = t[i]->ld;
         src->dtype[i] = t[i]->dtype;
+        src->width[i] = t[i]->shape[3];
     }
 }

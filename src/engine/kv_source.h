@@ -10,7 +10,9 @@
 
 #include <stdint.h>
 
+#include "core/context.h"
 #include "core/tensor.h"
+#include "kernels/softmax.h"
 
 enum { ATTN_KV_KEYS = 0, ATTN_KV_VALUES = 1 };
 
@@ -29,10 +31,15 @@ struct attn_kv_source {
     attn_strides strides[2];
     int ld[2];
     uint32_t dtype[2];
+    int64_t width[2];           /* qk_dim, v_dim */
+    int64_t convert_stride;     /* floats between the key and the value tile in `convert` */
+    const attn_kernels *kernels;
 };
 
-/* A source reading K and V in place through their strides (already validated). */
-void attn_kv_source_strided(attn_kv_source *src, const attn_tensor *k, const attn_tensor *v);
+/* A source reading K and V through their strides (already validated): in place when they are
+ * float, widened tile by tile into the thread's convert buffer when they are 16-bit. */
+void attn_kv_source_strided(attn_kv_source *src, const attn_ctx *ctx, const attn_tensor *k,
+                            const attn_tensor *v);
 
 static inline attn_kv_tile attn_kv_get(const attn_kv_source *src, int which, int64_t b,
                                        int64_t g, int64_t j0, int64_t n, float *convert)

@@ -8,6 +8,12 @@ int64_t attn_block_rows(const attn_ctx *ctx)
     return widest <= 256 ? ATTN_TILE_Q : ATTN_SUB_ROWS;
 }
 
+int64_t attn_convert_tile_floats(const attn_ctx *ctx)
+{
+    uint32_t widest = ctx->desc.qk_dim > ctx->desc.v_dim ? ctx->desc.qk_dim : ctx->desc.v_dim;
+    return (int64_t)ATTN_TILE_K * widest;
+}
+
 void attn_scratch_reserve(attn_arena *a, attn_ctx *ctx)
 {
     size_t tq = (size_t)attn_block_rows(ctx);
@@ -22,7 +28,9 @@ void attn_scratch_reserve(attn_arena *a, attn_ctx *ctx)
         s.hi = attn_arena_take(a, sizeof(int64_t) * tq);
         s.row_h = attn_arena_take(a, sizeof(int64_t) * tq);
         s.row_i = attn_arena_take(a, sizeof(int64_t) * tq);
-        s.convert = NULL;
+        s.convert = ctx->desc.kv_dtype == ATTN_KV_F32
+                        ? NULL
+                        : attn_arena_take(a, 2 * sizeof(float) * (size_t)attn_convert_tile_floats(ctx));
         if (all)
             all[t] = s;
     }

@@ -19,14 +19,18 @@ typedef struct attn_scratch {
     int64_t *hi;            /* rows one past the last visible key per row */
     int64_t *row_h;         /* rows query head of each row */
     int64_t *row_i;         /* rows query position of each row */
-    float *convert;         /* room for a key/value tile a source converts or gathers; NULL
-                               until a context is created for such a source */
+    float *convert;         /* room for a key tile and a value tile a source converts or gathers
+                               (2 x attn_convert_tile_floats); NULL when the context's K and V
+                               are float */
 } attn_scratch;
 
 /* Query rows of a block task for this context: ATTN_TILE_Q, or ATTN_SUB_ROWS when the head dims
  * are so wide (above 256) that 256 rows of accumulator would leave the L2 and bloat the
  * workspace (the workspace at ATTN_MAX_HEAD_DIM stays that of 64 rows). */
 int64_t attn_block_rows(const attn_ctx *ctx);
+
+/* Floats of one converted key or value tile: ATTN_TILE_K rows of the wider head dim. */
+int64_t attn_convert_tile_floats(const attn_ctx *ctx);
 
 /* Reserves ctx->threads scratches (an attn_ctx_reserve_fn part). */
 void attn_scratch_reserve(attn_arena *a, attn_ctx *ctx);

@@ -53,11 +53,20 @@ typedef void (*attn_dropout_row_fn)(float *x, size_t n, const attn_row_coord *at
 typedef void (*attn_keep_row_fn)(uint8_t *keep, size_t n, const attn_row_coord *at,
                                  const attn_dropout *d);
 
+/* Element types a key/value tile may be stored in (the values of the public attn_kv_dtype). */
+enum { ATTN_WIDEN_F16 = 1, ATTN_WIDEN_BF16 = 2 };
+
+/* dst[k] = the float value of the 16-bit element src[k] (IEEE binary16 for ATTN_WIDEN_F16,
+ * bfloat16 for ATTN_WIDEN_BF16), k < n; exact (every such value is a float); a binary16 NaN
+ * comes out quiet, with the rest of its payload. */
+typedef void (*attn_widen_fn)(float *dst, const uint16_t *src, size_t n, uint32_t dtype);
+
 typedef struct attn_kernels {
     const char *name; /* the instruction set of the table: "scalar", "avx2", "avx512" */
     attn_online_row_fn online_row;
     attn_probs_row_fn probs_row;
     attn_dropout_row_fn dropout_row;
+    attn_widen_fn widen;
     attn_keep_row_fn keep_row;
 } attn_kernels;
 
@@ -68,6 +77,9 @@ void attn_kernels_fill_scalar(attn_kernels *t);
 void attn_kernels_fill_avx2(attn_kernels *t);
 void attn_kernels_fill_avx512(attn_kernels *t);
 void attn_dropout_fill_scalar(attn_kernels *t);
+void attn_widen_fill_scalar(attn_kernels *t);
+void attn_widen_fill_avx2(attn_kernels *t);   /* F16C: dispatch checks the CPU has it */
+void attn_widen_fill_avx512(attn_kernels *t);
 void attn_dropout_fill_avx2(attn_kernels *t);
 void attn_dropout_fill_avx512(attn_kernels *t);
 
