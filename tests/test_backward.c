@@ -336,7 +336,8 @@ static void test_thread_count_invariance(void **state)
             for (int i = 0; i < 4; i++) {
                 if (threads == 1) {
                     first[i] = xcalloc(n[i] + 1, sizeof(float));
-                    memcpy(first[i], bufs[i], n[i] * sizeof(float));
+                    if (n[i])
+                        memcpy(first[i], bufs[i], n[i] * sizeof(float));
                     sizes[i] = n[i];
                 } else if (n[i] && memcmp(first[i], bufs[i], n[i] * sizeof(float)) != 0) {
                     fail_msg("%s: gradient %d differs between 1 and %u threads", p.label, i, threads);

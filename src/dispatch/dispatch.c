@@ -22,6 +22,7 @@ void attn_dropout_fill_avx2(attn_kernels *t) { (void)t; }
 #ifndef ATTN_HAVE_AVX512
 void attn_kernels_fill_avx512(attn_kernels *t) { (void)t; }
 void attn_widen_fill_avx512(attn_kernels *t) { (void)t; }
+void attn_thin_fill_avx512(attn_kernels *t) { (void)t; }
 void attn_dropout_fill_avx512(attn_kernels *t) { (void)t; }
 #endif
 
@@ -48,6 +49,7 @@ static void build_tables(void)
     attn_kernels_fill_scalar(&tables[TABLE_SCALAR]);
     attn_dropout_fill_scalar(&tables[TABLE_SCALAR]);
     attn_widen_fill_scalar(&tables[TABLE_SCALAR]);
+    attn_thin_fill_scalar(&tables[TABLE_SCALAR]);
     runnable[TABLE_SCALAR] = 1;
 
     tables[TABLE_AVX2] = tables[TABLE_SCALAR];
@@ -62,6 +64,7 @@ static void build_tables(void)
     attn_kernels_fill_avx512(&tables[TABLE_AVX512]);
     attn_dropout_fill_avx512(&tables[TABLE_AVX512]);
     attn_widen_fill_avx512(&tables[TABLE_AVX512]);
+    attn_thin_fill_avx512(&tables[TABLE_AVX512]);
     runnable[TABLE_AVX512] = HAVE_AVX512 && f.avx512f;
 }
 
@@ -104,6 +107,21 @@ const attn_kernels *attn_dispatch_kernels(void)
 {
     pthread_once(&chosen_once, choose);
     return chosen;
+}
+
+static int thin_mode;
+static pthread_once_t thin_once = PTHREAD_ONCE_INIT;
+
+static void read_thin_mode(void)
+{
+    const char *m = getenv("ATTN_DECODE");
+    thin_mode = m && strcmp(m, "blas") == 0 ? -1 : m && strcmp(m, "fused") == 0 ? 1 : 0;
+}
+
+int attn_dispatch_thin_mode(void)
+{
+    pthread_once(&thin_once, read_thin_mode);
+    return thin_mode;
 }
 
 const char *attn_kernel_isa(void)

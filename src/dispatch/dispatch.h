@@ -11,4 +11,9 @@ const attn_kernels *attn_dispatch_kernels(void);
  * else NULL. Lets tests compare every variant with the scalar one in one process. */
 const attn_kernels *attn_dispatch_lookup(const char *isa);
 
+/* The thin-kernel policy from ATTN_DECODE, read once: -1 "blas" (never the thin kernels),
+ * 1 "fused" (always, for rows <= ATTN_THIN_ROWS, also with the scalar kernels: for tests),
+ * 0 otherwise (where the table prefers them). */
+int attn_dispatch_thin_mode(void);
+
 #endif

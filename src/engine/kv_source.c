@@ -4,12 +4,12 @@
 #include "engine/tiles.h"
 
 static attn_kv_tile strided_tile(const attn_kv_source *src, int which, int64_t b, int64_t g,
-                                 int64_t j0, int64_t n, float *convert)
+                                 int64_t j0, int64_t n, float *convert, int raw)
 {
     int64_t offset = attn_tensor_offset(&src->strides[which], b, g, j0);
     const char *rows = src->base[which] + offset * (int64_t)attn_dtype_size(src->dtype[which]);
-    if (src->dtype[which] == ATTN_DTYPE_F32) {
-        attn_kv_tile t = {rows, src->ld[which], ATTN_DTYPE_F32};
+    if (raw || src->dtype[which] == ATTN_DTYPE_F32) {
+        attn_kv_tile t = {rows, src->ld[which], src->dtype[which]};
         return t;
     }
     /* 16-bit rows, widened into this thread's convert buffer; the products then read floats */

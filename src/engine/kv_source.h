@@ -24,8 +24,10 @@ typedef struct attn_kv_tile {
 
 typedef struct attn_kv_source attn_kv_source;
 struct attn_kv_source {
+    /* raw = 1: the tile as stored (16-bit elements included), for kernels that widen in
+     * registers; raw = 0: as floats, converted into `convert` when needed. */
     attn_kv_tile (*tile)(const attn_kv_source *src, int which, int64_t b, int64_t g, int64_t j0,
-                         int64_t n, float *convert);
+                         int64_t n, float *convert, int raw);
     /* The strided-tensor source's state; other sources keep theirs beside it. */
     const char *base[2];        /* K and V base pointers, as bytes */
     attn_strides strides[2];
@@ -44,7 +46,19 @@ void attn_kv_source_strided(attn_kv_source *src, const attn_ctx *ctx, const attn
 static inline attn_kv_tile attn_kv_get(const attn_kv_source *src, int which, int64_t b,
                                        int64_t g, int64_t j0, int64_t n, float *convert)
 {
-    return src->tile(src, which, b, g, j0, n, convert);
+    return src->tile(src, which, b, g, j0, n, convert, 0);
+}
+
+static inline attn_kv_tile attn_kv_get_raw(const attn_kv_source *src, int which, int64_t b,
+                                           int64_t g, int64_t j0, int64_t n)
+{
+    return src->tile(src, which, b, g, j0, n, NULL, 1);
+}
+
+/* The kernels' element code of a tile: 0 for float, ATTN_WIDEN_F16 / ATTN_WIDEN_BF16. */
+static inline uint32_t attn_kv_tile_kind(const attn_kv_tile *t)
+{
+    return t->dtype == ATTN_DTYPE_F16 ? ATTN_WIDEN_F16 : t->dtype == ATTN_DTYPE_BF16 ? ATTN_WIDEN_BF16 : 0;
 }
 
 #endif

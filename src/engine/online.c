@@ -41,6 +41,13 @@ static void softmax_and_values(const attn_problem *p, const attn_task *t, int64_
                 row[d] *= alpha;
         }
     }
+    if (attn_engine_thin(ctx, t->rows)) { /* the tile as stored, read once */
+        int64_t esize = (int64_t)attn_dtype_size(v.dtype);
+        ctx->kernels->thin_values(acc + r0 * dv, dv, scores + r0 * ATTN_TILE_K + a, ATTN_TILE_K,
+                                  r1 - r0, (const char *)v.data + a * v.ld * esize, v.ld,
+                                  attn_kv_tile_kind(&v), z - a, dv);
+        return;
+    }
     const float *vrows = (const float *)v.data + a * v.ld;
     if (r1 - r0 == 1) /* see the dot-product score operation */
         cblas_sgemv(CblasRowMajor, CblasTrans, (int)(z - a), (int)dv, 1.0f, vrows, v.ld,
@@ -71,7 +78,9 @@ static void rows_span(const attn_task *t, int64_t r0, int64_t r1, int64_t j0, in
 static void online_tile(const attn_problem *p, const attn_task *t, int64_t j0, int64_t n,
                         attn_row_state *state, float *acc)
 {
-    attn_kv_tile v = attn_kv_get(p->kv, ATTN_KV_VALUES, t->b, t->g, j0, n, t->w->convert);
+    attn_kv_tile v = attn_engine_thin(p->ctx, t->rows)
+                         ? attn_kv_get_raw(p->kv, ATTN_KV_VALUES, t->b, t->g, j0, n)
+                         : attn_kv_get(p->kv, ATTN_KV_VALUES, t->b, t->g, j0, n, t->w->convert);
     enum { SUBS = ATTN_TILE_Q / ATTN_SUB_ROWS };
     int64_t a[SUBS], z[SUBS], subs = (t->rows + ATTN_SUB_ROWS - 1) / ATTN_SUB_ROWS, split = 0;
     /* A tile a causal or window bound cuts across: each sub-block of rows only over the keys it

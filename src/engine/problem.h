@@ -34,4 +34,7 @@ typedef struct attn_problem {
     const attn_dropout *dropout;  /* NULL: no dropout */
 } attn_problem;
 
+/* Whether a task of `rows` rows takes the thin (streaming) kernels instead of the BLAS. */
+int attn_engine_thin(const attn_ctx *ctx, int64_t rows);
+
 #endif

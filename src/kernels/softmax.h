@@ -61,6 +61,24 @@ enum { ATTN_WIDEN_F16 = 1, ATTN_WIDEN_BF16 = 2 };
  * comes out quiet, with the rest of its payload. */
 typedef void (*attn_widen_fn)(float *dst, const uint16_t *src, size_t n, uint32_t dtype);
 
+/* Most query rows the thin (streaming) kernels take: decoding's few rows per kv head. */
+#define ATTN_THIN_ROWS 16
+
+/*
+ * Thin products for few query rows against a key/value tile, reading each K and V element once
+ * (the BLAS would first copy them into packed panels). `dtype` is 0 for float elements or
+ * ATTN_WIDEN_F16 / ATTN_WIDEN_BF16 for 16-bit ones, widened in registers.
+ *   thin_scores: scores[r * ld + c] = scale * sum_d q[r * ldq + d] * k[c * ldk + d]
+ *   thin_values: acc[r * ldacc + e] += sum_c p[r * ldp + c] * v[c * ldv + e]
+ * for r < rows (<= ATTN_THIN_ROWS), c < n, d < dk, e < dv.
+ */
+typedef void (*attn_thin_scores_fn)(float *scores, int64_t ld, const float *q, int64_t ldq,
+                                    int64_t rows, const void *k, int64_t ldk, uint32_t dtype,
+                                    int64_t n, int64_t dk, float scale);
+typedef void (*attn_thin_values_fn)(float *acc, int64_t ldacc, const float *p, int64_t ldp,
+                                    int64_t rows, const void *v, int64_t ldv, uint32_t dtype,
+                                    int64_t n, int64_t dv);
+
 typedef struct attn_kernels {
     const char *name; /* the instruction set of the table: "scalar", "avx2", "avx512" */
     attn_online_row_fn online_row;
@@ -68,6 +86,9 @@ typedef struct attn_kernels {
     attn_dropout_row_fn dropout_row;
     attn_widen_fn widen;
     attn_keep_row_fn keep_row;
+    attn_thin_scores_fn thin_scores;
+    attn_thin_values_fn thin_values;
+    int thin_preferred; /* the thin kernels beat the BLAS here (set by the vector variants) */
 } attn_kernels;
 
 /* Each variant writes the slots it implements into *t and leaves the others alone; every
@@ -80,6 +101,8 @@ void attn_dropout_fill_scalar(attn_kernels *t);
 void attn_widen_fill_scalar(attn_kernels *t);
 void attn_widen_fill_avx2(attn_kernels *t);   /* F16C: dispatch checks the CPU has it */
 void attn_widen_fill_avx512(attn_kernels *t);
+void attn_thin_fill_scalar(attn_kernels *t);
+void attn_thin_fill_avx512(attn_kernels *t);
 void attn_dropout_fill_avx2(attn_kernels *t);
 void attn_dropout_fill_avx512(attn_kernels *t);
 

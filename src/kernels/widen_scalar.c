@@ -1,32 +1,8 @@
 /* Portable widening of 16-bit key/value elements to float: the reference for the vector ones. */
 #include <string.h>
 
+#include "kernels/half.h"
 #include "kernels/softmax.h"
-
-/* IEEE binary16 -> binary32, every case: zero, subnormal, normal, infinity, NaN (quieted, as
- * the conversion instructions do; the rest of the payload kept). */
-static float half_to_float(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
-    uint32_t bits;
-    if (exp == 0x1F) {
-        bits = sign | 0x7F800000u | (man << 13) | (man ? 0x00400000u : 0u);
-    } else if (exp != 0) {
-        bits = sign | ((exp + 112u) << 23) | (man << 13);
-    } else if (man == 0) {
-        bits = sign;
-    } else { /* subnormal: normalise; the value man * 2^-24 is a normal float */
-        int shift = 0;
-        while (!(man & 0x400u)) {
-            man <<= 1;
-            shift++;
-        }
-        bits = sign | ((uint32_t)(113 - shift) << 23) | ((man & 0x3FFu) << 13);
-    }
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
 
 static void widen_scalar(float *dst, const uint16_t *src, size_t n, uint32_t dtype)
 {
@@ -37,7 +13,7 @@ static void widen_scalar(float *dst, const uint16_t *src, size_t n, uint32_t dty
         }
     } else {
         for (size_t k = 0; k < n; k++)
-            dst[k] = half_to_float(src[k]);
+            dst[k] = attn_half_to_float(src[k]);
     }
 }
 
