@@ -701,6 +701,18 @@ static void test_struct_size(void **state)
     assert_null(m.out);
     assert_null(m.lse);
     attn_merge_args_init_size(NULL, sizeof m); /* ignored */
+    /* the layout docs/guide.md gives bindings (LP64) */
+    if (sizeof(void *) == 8 && sizeof(size_t) == 8) {
+        assert_int_equal(sizeof(attn_merge_args), 104);
+        assert_int_equal(offsetof(attn_merge_args, masked_rows), 28);
+        assert_int_equal(offsetof(attn_merge_args, parts), 32);
+        assert_int_equal(offsetof(attn_merge_args, out), 40);
+        assert_int_equal(offsetof(attn_merge_args, lse), 72);
+        assert_int_equal(sizeof(attn_merge_part), 64);
+        assert_int_equal(offsetof(attn_merge_part, out_strides), 8);
+        assert_int_equal(offsetof(attn_merge_part, lse), 32);
+        assert_int_equal(offsetof(attn_merge_part, lse_strides), 40);
+    }
 }
 
 int main(void)
