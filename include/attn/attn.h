@@ -499,7 +499,7 @@ ATTN_EXPORT void attn_merge_args_init_size(attn_merge_args *args, size_t size);
  * Combines partial results of attention of the SAME queries over DISJOINT sets of keys into
  * the result over their union (split keys, chunked prefill over a long cache, ring attention
  * across machines). For every row [b, h, i], with o_k and lse_k part k's out row and lse:
- *   lse = ln sum_k exp(lse_k)        (computed stably: the largest lse_k first)
+ *   lse = ln sum_k exp(lse_k)        (computed stably, relative to the largest lse_k)
  *   out = sum_k exp(lse_k - lse) o_k
  * which is exactly attention over the union of the parts' visible keys.
  *   - A part whose lse_k is -inf saw no key for that row and contributes nothing, whatever its
@@ -510,13 +510,15 @@ ATTN_EXPORT void attn_merge_args_init_size(attn_merge_args *args, size_t size);
  *     NaN or Inf inside an out row of a part with a finite lse_k reaches the merged row.
  * The weights exp(lse_k - lse) and the sums are computed in double precision, part 0 first,
  * then 1, 2, ...: the result is deterministic (the same call gives the same bits) and adds one
- * float rounding to what the parts carry. Permuting the parts changes at most the last bits.
+ * float rounding to what the parts carry. Permuting the parts changes only the rounding of the
+ * double sums (about 2^-53 of sum_k |weight_k o_k|), so rarely more than the last bit.
  * The call runs on the calling thread, reads each part once and allocates nothing; it needs no
  * context and is thread-safe (calls on disjoint outputs may run concurrently).
- *   args: read during the call only. Inputs are never written. The outputs (out, lse) must not
- *         overlap any part's out or lse, or each other (by address span, as in attn_forward),
- *         with one exception for folding in place: out may be exactly parts[0].out (same
- *         pointer and strides), and lse exactly parts[0].lse.
+ *   args: read during the call only. The parts are never written (unless merged into in
+ *         place) and may overlap each other. The outputs (out, lse) must not overlap any part's
+ *         out or lse, or each other (by address span, as in attn_forward), with one exception
+ *         for folding in place: out may be exactly parts[0].out (same pointer and strides once
+ *         {0, 0, 0} is resolved), and lse exactly parts[0].lse.
  * Returns ATTN_OK, or: ATTN_ERR_NULL_POINTER (args, parts, out, a part's out or lse NULL),
  * ATTN_ERR_STRUCT_SIZE, ATTN_ERR_ZERO_SIZE (n_parts, batch, heads, q_len or v_dim 0),
  * ATTN_ERR_LIMIT (v_dim above ATTN_MAX_HEAD_DIM), ATTN_ERR_BAD_OPTION (masked_rows not an
