@@ -10,7 +10,9 @@
  * backward) and the median of the per-run ratios to the ceiling; decode cases also
  * report the bytes of K and V read per second and their ratio to the read bandwidth. Each case
  * reports its peak resident memory above what the program held before it ("peak MiB") next to
- * the size of its inputs and outputs ("data MiB"). Progress goes to stderr.
+ * the size of its inputs and outputs ("data MiB"). The merge case times attn_merge, which runs on
+ * the calling thread: it reports the bytes of the parts (out and lse) read per second against
+ * a one-thread read-bandwidth sample taken before each run. Progress goes to stderr.
  *
  * It first names the BLAS, its core type and any OPENBLAS_* variable that overrides it, and
  * warns when the BLAS runs narrower kernels than the CPU has.
@@ -38,25 +40,28 @@ typedef struct bench_case {
     int backward; /* time attn_backward; its GFLOP/s count 2.5x the forward's flops */
     float dropout; /* desc.dropout */
     uint32_t kv_dtype; /* desc.kv_dtype: 16-bit K and V read half the bytes */
+    uint32_t merge; /* time attn_merge of this many parts [B, Hq, Lq, D] (Hkv, Lk unused) */
 } bench_case;
 
 static const bench_case cases[] = {
-    {"enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32},
-    {"causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 0, 0.0f, ATTN_KV_F32},
-    {"bert-512", 4, 12, 12, 512, 512, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32},
-    {"d128-2k", 1, 8, 8, 2048, 2048, 128, 0, 0, 0, 0, 0.0f, ATTN_KV_F32},
-    {"gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 0, 0.0f, ATTN_KV_F32},
-    {"decode-4k", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32},
-    {"decode-gqa-8k", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32},
-    {"decode-4k-f16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16},
-    {"decode-4k-bf16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_BF16},
-    {"decode-gqa-8k-f16", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16},
-    {"long-8k", 1, 1, 1, 8192, 8192, 64, 1, 0, 0, 0, 0.0f, ATTN_KV_F32},
-    {"long-64k", 1, 1, 1, 65536, 65536, 64, 1, 0, 1, 0, 0.0f, ATTN_KV_F32},
-    {"enc-1k-drop", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.1f, ATTN_KV_F32},
-    {"bwd-enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 1, 0.0f, ATTN_KV_F32},
-    {"bwd-causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 1, 0.0f, ATTN_KV_F32},
-    {"bwd-gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 1, 0.0f, ATTN_KV_F32},
+    {"enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0},
+    {"causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0},
+    {"bert-512", 4, 12, 12, 512, 512, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0},
+    {"d128-2k", 1, 8, 8, 2048, 2048, 128, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0},
+    {"gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0},
+    {"decode-4k", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32, 0},
+    {"decode-gqa-8k", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32, 0},
+    {"decode-4k-f16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0},
+    {"decode-4k-bf16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_BF16, 0},
+    {"decode-gqa-8k-f16", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0},
+    {"long-8k", 1, 1, 1, 8192, 8192, 64, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0},
+    {"long-64k", 1, 1, 1, 65536, 65536, 64, 1, 0, 1, 0, 0.0f, ATTN_KV_F32, 0},
+    {"enc-1k-drop", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.1f, ATTN_KV_F32, 0},
+    {"bwd-enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 1, 0.0f, ATTN_KV_F32, 0},
+    {"bwd-causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 1, 0.0f, ATTN_KV_F32, 0},
+    {"bwd-gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 1, 0.0f, ATTN_KV_F32, 0},
+    /* chunked prefill over a cache split 8 ways: 512 queries x 32 heads, 8 partials */
+    {"merge-8", 1, 32, 32, 512, 1, 128, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 8},
 };
 enum { NCASES = sizeof cases / sizeof cases[0] };
 
@@ -254,19 +259,19 @@ static double ceiling_sample(machine *m)
     return 2.0 * GEMM_N * (double)GEMM_N * GEMM_N * m->threads / (now() - t0) / 1e9;
 }
 
-/* One sample of the read bandwidth, GB/s over all threads. */
-static double bandwidth_sample(machine *m)
+/* One sample of the read bandwidth, GB/s over `threads` threads (at most the machine's). */
+static double bandwidth_sample(machine *m, int threads)
 {
-    size_t per = m->buf_words / (size_t)m->threads;
+    size_t per = m->buf_words / (size_t)threads;
     double t0 = now();
-    for (int i = 0; i < m->threads; i++) {
+    for (int i = 0; i < threads; i++) {
         m->w[i].p = m->buf + (size_t)i * per;
         m->w[i].words = per;
         pthread_create(&m->w[i].tid, NULL, read_worker, &m->w[i]);
     }
-    for (int i = 0; i < m->threads; i++)
+    for (int i = 0; i < threads; i++)
         pthread_join(m->w[i].tid, NULL);
-    return (double)(per * (size_t)m->threads * 8) / (now() - t0) / 1e9;
+    return (double)(per * (size_t)threads * 8) / (now() - t0) / 1e9;
 }
 
 /* ---- peak resident memory of one case ------------------------------------------------------ */
@@ -302,6 +307,9 @@ typedef struct case_data {
     size_t nq, nkv;
     attn_args args;
     attn_backward_args bwd;
+    float *part_out, *part_lse; /* merge cases: the parts, one after the other */
+    attn_merge_part *parts;
+    attn_merge_args merge;
 } case_data;
 
 static void case_data_init(const bench_case *c, case_data *cd)
@@ -327,7 +335,28 @@ static void case_data_init(const bench_case *c, case_data *cd)
     }
     a->out = cd->out, a->out_strides = attn_strides_bhsd(c->Hq, c->Lq, c->D);
     cd->lse = cd->dout = cd->dq = cd->dk = cd->dv = NULL;
+    cd->part_out = cd->part_lse = NULL;
+    cd->parts = NULL;
     attn_backward_args_init(&cd->bwd);
+    attn_merge_args_init(&cd->merge);
+    if (c->merge) {
+        size_t rows = (size_t)c->B * c->Hq * c->Lq;
+        cd->part_out = random_buffer(cd->nq * c->merge, 20);
+        cd->part_lse = random_buffer(rows * c->merge, 21);
+        cd->lse = random_buffer(rows, 15);
+        cd->parts = calloc(c->merge, sizeof *cd->parts);
+        if (!cd->parts) {
+            fprintf(stderr, "attn-bench: out of memory\n");
+            exit(1);
+        }
+        for (uint32_t p = 0; p < c->merge; p++)
+            cd->parts[p] = (attn_merge_part){cd->part_out + p * cd->nq, {0, 0, 0},
+                                             cd->part_lse + p * rows, {0, 0, 0}};
+        attn_merge_args *g = &cd->merge;
+        g->n_parts = c->merge, g->batch = c->B, g->heads = c->Hq, g->q_len = c->Lq, g->v_dim = c->D;
+        g->parts = cd->parts, g->out = cd->out, g->lse = cd->lse;
+        return;
+    }
     if (!c->backward)
         return;
     cd->lse = random_buffer((size_t)c->B * c->Hq * c->Lq, 15);
@@ -347,12 +376,15 @@ static void case_data_free(case_data *cd)
 {
     free(cd->q), free(cd->k), free(cd->v), free(cd->out);
     free(cd->lse), free(cd->dout), free(cd->dq), free(cd->dk), free(cd->dv);
+    free(cd->part_out), free(cd->part_lse), free(cd->parts);
 }
 
-/* The timed call of a case: the forward, or (backward cases) the backward of the forward that
- * case_call_setup ran once. */
+/* The timed call of a case: the forward, the merge, or (backward cases) the backward of the
+ * forward that case_call_setup ran once. */
 static attn_status case_call(const bench_case *c, attn_ctx *ctx, const case_data *cd)
 {
+    if (c->merge)
+        return attn_merge(&cd->merge);
     return c->backward ? attn_backward(ctx, &cd->bwd) : attn_forward(ctx, &cd->args);
 }
 
@@ -408,6 +440,15 @@ static result run_case(const bench_case *c, uint32_t threads, int reps, machine 
     double flops = 4.0 * c->B * c->Hq * (double)c->Lq * c->Lk * c->D * (c->causal ? 0.5 : 1.0) *
                    (c->backward ? 2.5 : 1.0);
     double bytes = 2.0 * (double)cd.nkv * (c->kv_dtype == ATTN_KV_F32 ? 4.0 : 2.0);
+    int bw_threads = m->threads;
+    if (c->merge) { /* the parts read, on the calling thread; no flops to speak of */
+        size_t rows = (size_t)c->B * c->Hq * c->Lq;
+        res.data_mib = (double)((cd.nq + rows) * (c->merge + 1)) * sizeof(float) / (1 << 20);
+        bytes = (double)((cd.nq + rows) * c->merge) * sizeof(float);
+        flops = 0.0;
+        bw_threads = 1;
+    }
+    int streams = c->decode || c->merge;
     enum { MAXREPS = 64 };
     double t[MAXREPS], ceil[MAXREPS], ratio[MAXREPS], bw[MAXREPS], bw_ratio[MAXREPS];
     reps = reps > MAXREPS ? MAXREPS : reps;
@@ -415,19 +456,19 @@ static result run_case(const bench_case *c, uint32_t threads, int reps, machine 
     double warm_until = now() + 0.25;
     do {
         if ((st = case_call(c, ctx, &cd)) != ATTN_OK) {
-            fprintf(stderr, "attn-bench: %s: %s\n", c->name, attn_last_error(ctx));
+            fprintf(stderr, "attn-bench: %s: %s\n", c->name, attn_last_error(c->merge ? NULL : ctx));
             exit(1);
         }
     } while (now() < warm_until);
     for (int r = 0; r < reps; r++) {
         ceil[r] = ceiling_sample(m);
-        if (c->decode)
-            bw[r] = bandwidth_sample(m);
+        if (streams)
+            bw[r] = bandwidth_sample(m, bw_threads);
         double t0 = now();
         case_call(c, ctx, &cd);
         t[r] = now() - t0;
         ratio[r] = flops / t[r] / 1e9 / ceil[r];
-        if (c->decode)
+        if (streams)
             bw_ratio[r] = bytes / t[r] / 1e9 / bw[r];
         fprintf(stderr, "\r  %-14s run %d/%d", c->name, r + 1, reps);
     }
@@ -438,8 +479,8 @@ static result run_case(const bench_case *c, uint32_t threads, int reps, machine 
     res.ceiling = median(ceil, reps);
     res.ratio = median(ratio, reps);
     res.gbps = bytes / sec / 1e9;
-    res.bandwidth = c->decode ? median(bw, reps) : 0.0;
-    res.bw_ratio = c->decode ? median(bw_ratio, reps) : 0.0;
+    res.bandwidth = streams ? median(bw, reps) : 0.0;
+    res.bw_ratio = streams ? median(bw_ratio, reps) : 0.0;
     res.rss_mib = status_mib("VmHWM:") - baseline;
     attn_destroy(ctx);
     case_data_free(&cd);
@@ -563,7 +604,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "measuring the sgemm ceiling and the read bandwidth on %d threads...\n", nthreads);
     double c0[16], b0[16];
     for (int r = 0; r < 5; r++)
-        c0[r] = ceiling_sample(&m), b0[r] = bandwidth_sample(&m);
+        c0[r] = ceiling_sample(&m), b0[r] = bandwidth_sample(&m, m.threads);
     blas_info blas = blas_describe();
     /* The BLAS report goes to stdout with the table, to stderr with --json (one object a line). */
     FILE *info = json ? stderr : stdout;
@@ -598,6 +639,9 @@ int main(int argc, char **argv)
                    cases[c].name, nthreads, r.ms, r.gflops, r.ceiling, r.ratio, r.gbps,
                    r.bandwidth, r.bw_ratio, r.rss_mib, r.data_mib, r.workspace / 1024.0,
                    blas.core[0] ? blas.core : blas.name, attn_kernel_isa());
+        } else if (cases[c].merge) {
+            printf("%-14s %9.3f %9s %9s %7s %9.1f %9.1f %6.0f%% %9.1f %9.1f\n", cases[c].name, r.ms,
+                   "", "", "", r.gbps, r.bandwidth, 100.0 * r.bw_ratio, r.rss_mib, r.data_mib);
         } else if (cases[c].decode) {
             printf("%-14s %9.3f %9.1f %9.1f %6.0f%% %9.1f %9.1f %6.0f%% %9.1f %9.1f\n",
                    cases[c].name, r.ms, r.gflops, r.ceiling, 100.0 * r.ratio, r.gbps, r.bandwidth,

@@ -525,6 +525,84 @@ ATTN_EXPORT attn_status attn_dropout_mask(float p, uint64_t seed, uint32_t offse
                                           int64_t row0, int64_t rows, int64_t col0, int64_t cols,
                                           uint8_t *keep, int64_t ld);
 
+/* ------------------------------------------------------------------------------------------ */
+/* Merging partial results                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * One partial result: attention of the queries over one subset of the keys, as attn_forward
+ * returns it with an lse. Both tensors are read only. This struct is fixed (it is an array
+ * element); later additions to the merge go into attn_merge_args.
+ */
+typedef struct attn_merge_part {
+    const float *out;         /* [batch, heads, q_len, v_dim]: the part's attention output */
+    attn_strides out_strides; /* {0, 0, 0}: contiguous */
+    const float *lse;         /* [batch, heads, q_len]: the part's log-sum-exp; -inf where the
+                                 row saw no key of this part */
+    attn_strides lse_strides; /* {0, 0, 0}: contiguous */
+} attn_merge_part;
+
+/*
+ * One merge call. Always start from attn_merge_args_init(); like attn_args, the struct only
+ * grows at its end and struct_size says which fields the caller knows.
+ */
+typedef struct attn_merge_args {
+    size_t struct_size;       /* size of the caller's struct; set by attn_merge_args_init */
+    uint32_t n_parts;         /* number of parts, >= 1 */
+    uint32_t batch;           /* >= 1 */
+    uint32_t heads;           /* query heads, >= 1 */
+    uint32_t q_len;           /* query rows per (batch, head), >= 1 */
+    uint32_t v_dim;           /* feature size of out, 1 .. ATTN_MAX_HEAD_DIM */
+    uint32_t masked_rows;     /* an attn_masked_rows: what a row no part saw a key for gets;
+                                 ATTN_MASKED_ROWS_ZERO (default) or ATTN_MASKED_ROWS_NAN */
+    const attn_merge_part *parts; /* [n_parts], combined in this order */
+    float *out;               /* [batch, heads, q_len, v_dim]: the merged output */
+    attn_strides out_strides; /* {0, 0, 0}: contiguous */
+    float *lse;               /* optional [batch, heads, q_len]: the merged log-sum-exp */
+    attn_strides lse_strides; /* {0, 0, 0}: contiguous */
+} attn_merge_args;
+
+/* Fills the caller's attn_merge_args with an empty call: struct_size = `size`, everything else
+ * 0 or NULL (masked_rows = ATTN_MASKED_ROWS_ZERO). Writes exactly `size` bytes, as
+ * attn_args_init_size does. A NULL args, or a size below sizeof(size_t), is ignored.
+ * Thread-safe. Call it through the attn_merge_args_init(args) macro. */
+ATTN_EXPORT void attn_merge_args_init_size(attn_merge_args *args, size_t size);
+#define attn_merge_args_init(args) attn_merge_args_init_size((args), sizeof *(args))
+
+/*
+ * Combines partial results of attention of the SAME queries over DISJOINT sets of keys into
+ * the result over their union (split keys, chunked prefill over a long cache, ring attention
+ * across machines). For every row [b, h, i], with o_k and lse_k part k's out row and lse:
+ *   lse = ln sum_k exp(lse_k)        (computed stably, relative to the largest lse_k)
+ *   out = sum_k exp(lse_k - lse) o_k
+ * which is exactly attention over the union of the parts' visible keys.
+ *   - A part whose lse_k is -inf saw no key for that row and contributes nothing, whatever its
+ *     out row holds (NaN included: that is what attn_forward's ATTN_MASKED_ROWS_NAN writes).
+ *   - A row for which every part has lse_k = -inf saw no key at all: out follows
+ *     args->masked_rows (0 or NaN) and lse is -inf.
+ *   - An lse_k of NaN makes the row's out and lse NaN; one of +inf makes out NaN and lse +inf.
+ *     NaN or Inf inside an out row of a part with a finite lse_k reaches the merged row.
+ * The weights exp(lse_k - lse) and the sums are computed in double precision, part 0 first,
+ * then 1, 2, ...: the result is deterministic (the same call gives the same bits) and adds one
+ * float rounding to what the parts carry. Permuting the parts changes only the rounding of the
+ * double sums (about 2^-53 of sum_k |weight_k o_k|), so rarely more than the last bit.
+ * The call runs on the calling thread, reads each part once and allocates nothing; it needs no
+ * context and is thread-safe (calls on disjoint outputs may run concurrently).
+ *   args: read during the call only. The parts are never written (unless merged into in
+ *         place) and may overlap each other. The outputs (out, lse) must not overlap any part's
+ *         out or lse, or each other (by address span, as in attn_forward), with one exception
+ *         for folding in place: out may be exactly parts[0].out (same pointer and strides once
+ *         {0, 0, 0} is resolved), and lse exactly parts[0].lse.
+ * Returns ATTN_OK, or: ATTN_ERR_NULL_POINTER (args, parts, out, a part's out or lse NULL),
+ * ATTN_ERR_STRUCT_SIZE, ATTN_ERR_ZERO_SIZE (n_parts, batch, heads, q_len or v_dim 0),
+ * ATTN_ERR_LIMIT (v_dim above ATTN_MAX_HEAD_DIM), ATTN_ERR_BAD_OPTION (masked_rows not an
+ * attn_masked_rows), ATTN_ERR_STRIDE (a negative stride; output elements that would share
+ * memory), ATTN_ERR_OVERFLOW (a view's extent or default strides overflow the index range),
+ * ATTN_ERR_ALIAS. On failure nothing is written and attn_last_error(NULL) on the calling thread
+ * names the argument, e.g. "args->parts[2].lse_strides.seq = -1 is negative".
+ */
+ATTN_EXPORT attn_status attn_merge(const attn_merge_args *args);
+
 #ifdef __cplusplus
 }
 #endif
