@@ -817,6 +817,43 @@ static void test_sizes(void **state)
     attn_mha_destroy(m);
 }
 
+/* The values and layout a binding mirrors (docs/guide.md, "For bindings"). */
+static void test_pinned(void **state)
+{
+    (void)state;
+    assert_int_equal(ATTN_MHA_MASK_2D, 0);
+    assert_int_equal(ATTN_MHA_MASK_3D, 1);
+    assert_int_equal(ATTN_MHA_GRAD_SET, 0);
+    assert_int_equal(ATTN_MHA_GRAD_ADD, 1);
+    assert_int_equal(ATTN_MHA_MAX_DIM, 1048576);
+    if (sizeof(void *) == 8 && sizeof(size_t) == 8) {
+        assert_int_equal(sizeof(attn_mha_desc), 56);
+        assert_int_equal(offsetof(attn_mha_desc, dropout), 40);
+        assert_int_equal(offsetof(attn_mha_desc, allocator), 48);
+        assert_int_equal(sizeof(attn_mha_args), 216);
+        assert_int_equal(offsetof(attn_mha_args, activations), 168);
+        assert_int_equal(offsetof(attn_mha_args, dropout_seed), 200);
+        assert_int_equal(sizeof(attn_mha_grads), 104);
+    }
+    /* the init functions write exactly the size they are given, defaults included */
+    unsigned char buf[sizeof(attn_mha_desc) + 8];
+    memset(buf, 0xEE, sizeof buf);
+    attn_mha_desc_init_size((attn_mha_desc *)buf, sizeof(attn_mha_desc));
+    assert_int_equal(buf[sizeof(attn_mha_desc)], 0xEE);
+    attn_mha_desc d;
+    memcpy(&d, buf, sizeof d);
+    assert_int_equal(d.embed_dim, 64);
+    assert_int_equal(d.heads, 1);
+    assert_int_equal(d.bias, 1);
+    attn_mha_args a;
+    attn_mha_args_init(&a);
+    assert_int_equal(a.struct_size, sizeof a);
+    assert_null(a.query);
+    attn_mha_grads g;
+    attn_mha_grads_init(&g);
+    assert_int_equal(g.mode, ATTN_MHA_GRAD_SET);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -828,6 +865,7 @@ int main(void)
         cmocka_unit_test(test_backward_errors),
         cmocka_unit_test(test_create_errors),
         cmocka_unit_test(test_sizes),
+        cmocka_unit_test(test_pinned),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
