@@ -683,6 +683,12 @@ static void b_alias_act(fixture *f) { f->a.activations = f->out; f->a.activation
 static void b_alias_weights(fixture *f) { f->a.weights = (float *)f->abuf + 4; }
 static void b_struct(fixture *f) { f->a.struct_size = 3; }
 static void b_overflow(fixture *f) { f->a.batch = 70000, f->a.q_len = 70000; }
+/* a huge batch with a 2-entry kv_lens: refused before kv_lens is read past its end */
+static void b_overflow_kv_lens(fixture *f)
+{
+    static int32_t kl[2] = {1, 2};
+    f->a.kv_lens = kl, f->a.batch = UINT32_MAX, f->a.kv_len = UINT32_MAX;
+}
 
 static void test_forward_errors(void **state)
 {
@@ -712,6 +718,7 @@ static void test_forward_errors(void **state)
     expect_forward_error(b_alias_weights, ATTN_ERR_ALIAS, "overlaps");
     expect_forward_error(b_struct, ATTN_ERR_STRUCT_SIZE, "args->struct_size = 3");
     expect_forward_error(b_overflow, ATTN_ERR_OVERFLOW, "exceed the index range");
+    expect_forward_error(b_overflow_kv_lens, ATTN_ERR_OVERFLOW, "exceed the index range");
 
     /* NULL layer and args */
     assert_int_equal(attn_mha_forward(NULL, NULL), ATTN_ERR_NULL_POINTER);

@@ -27,8 +27,12 @@
 #include "parallel/blas_threads.h"
 #include "parallel/pool.h"
 
+#ifndef ROW_BLOCK
 #define ROW_BLOCK 128  /* rows of X per projection product */
+#endif
+#ifndef FEAT_BLOCK
 #define FEAT_BLOCK 64  /* weight rows per weight-gradient product */
+#endif
 #define ALIGN 64
 
 struct attn_mha {
@@ -398,14 +402,7 @@ static attn_status check_call(attn_mha *m, call *c, int backward)
     if (!m->desc.bias && (a->in_proj_bias || a->out_proj_bias))
         return attn_fail(ctx, ATTN_ERR_BAD_OPTION, "args->%s is set but the layer has no biases "
                          "(desc->bias = 0)", a->in_proj_bias ? "in_proj_bias" : "out_proj_bias");
-    /* values */
     int64_t B = a->batch, Lq = a->q_len, Lk = a->kv_len;
-    if (a->kv_lens)
-        for (int64_t b = 0; b < B; b++)
-            if (a->kv_lens[b] < 0 || a->kv_lens[b] > Lk)
-                return attn_fail(ctx, ATTN_ERR_KV_LENS,
-                                 "args->kv_lens[%lld] = %d is outside [0, kv_len = %lld]",
-                                 (long long)b, (int)a->kv_lens[b], (long long)Lk);
     /* sizes of everything */
     sizes s;
     int64_t rows_max = B * (Lq > Lk ? Lq : Lk); /* < 2^64 as both factors are < 2^32 */
@@ -417,6 +414,13 @@ static attn_status check_call(attn_mha *m, call *c, int backward)
                          "args: batch %lld x lengths %lld, %lld exceed the index range "
                          "(B * max(Lq, Lk) must fit an int)",
                          (long long)B, (long long)Lq, (long long)Lk);
+    /* values (after the sizes, so that a huge batch is refused before kv_lens is read) */
+    if (a->kv_lens)
+        for (int64_t b = 0; b < B; b++)
+            if (a->kv_lens[b] < 0 || a->kv_lens[b] > Lk)
+                return attn_fail(ctx, ATTN_ERR_KV_LENS,
+                                 "args->kv_lens[%lld] = %d is outside [0, kv_len = %lld]",
+                                 (long long)b, (int)a->kv_lens[b], (long long)Lk);
     size_t need = activation_bytes(&s);
     if (a->activation_size < need)
         return attn_fail(ctx, ATTN_ERR_WORKSPACE_SIZE,
