@@ -26,7 +26,7 @@
 
 typedef struct prob {
     int64_t B, Lq, Lk, E, H, Hkv, D, kvE, kdim, vdim;
-    int packed, self, bias, causal, mask3d, weights_mode, add;
+    int packed, self, kv_same, bias, causal, mask3d, weights_mode, add;
     float dropout;
     uint32_t threads;
     uint64_t seed;
@@ -70,7 +70,11 @@ static void make_prob(uint64_t seed, prob *p)
     double amp = rng_uniform(&r, 0.3, 2.0);
     p->query = random_floats(&r, (size_t)nq, 1.0);
     p->key = p->self ? p->query : random_floats(&r, (size_t)(p->B * p->Lk * p->kdim), 1.0);
-    p->value = p->self ? p->query : random_floats(&r, (size_t)(p->B * p->Lk * p->vdim), 1.0);
+    /* cross-attention with key and value one buffer (and one gradient buffer) */
+    p->kv_same = !p->self && p->kdim == p->vdim && rng_below(&r, 3) == 0;
+    p->value = p->self ? p->query
+               : p->kv_same ? p->key
+                            : random_floats(&r, (size_t)(p->B * p->Lk * p->vdim), 1.0);
     if (p->packed) {
         p->w_in = random_floats(&r, (size_t)(Etot * p->E), amp / sqrt((double)p->E));
         p->wq = p->w_in, p->wk = p->w_in + p->E * p->E, p->wv = p->wk + p->kvE * p->E;
@@ -114,7 +118,9 @@ static void free_prob(prob *p)
 {
     free(p->query);
     if (!p->self)
-        free(p->key), free(p->value);
+        free(p->key);
+    if (!p->self && !p->kv_same)
+        free(p->value);
     if (p->packed)
         free(p->w_in);
     else
@@ -210,7 +216,7 @@ static void run_layer(const prob *p, uint32_t threads, run *o)
     g.dout = p->dout;
     g.d_query = o->dq;
     g.d_key = p->self ? o->dq : o->dk;
-    g.d_value = p->self ? o->dq : o->dv;
+    g.d_value = p->self ? o->dq : p->kv_same ? o->dk : o->dv;
     if (p->packed)
         g.d_in_proj_weight = o->dwin;
     else
@@ -320,7 +326,13 @@ static void check_prob(const prob *p, const run *o)
         for (size_t x = 0; x < nq; x++)
             g.d_query[x] += g.d_key[x] + g.d_value[x], g.m_query[x] += g.m_key[x] + g.m_value[x];
     expect(p, "d_query", o->dq, o->init[0], g.d_query, g.m_query, nq, tb);
-    if (!p->self) {
+    if (p->kv_same)
+        for (int64_t x = 0; x < p->B * p->Lk * p->kdim; x++)
+            g.d_key[x] += g.d_value[x], g.m_key[x] += g.m_value[x];
+    if (p->kv_same) {
+        expect(p, "d_key (= d_value)", o->dk, o->init[1], g.d_key, g.m_key,
+               (size_t)(p->B * p->Lk * p->kdim), tb);
+    } else if (!p->self) {
         expect(p, "d_key", o->dk, o->init[1], g.d_key, g.m_key, (size_t)(p->B * p->Lk * p->kdim), tb);
         expect(p, "d_value", o->dv, o->init[2], g.d_value, g.m_value,
                (size_t)(p->B * p->Lk * p->vdim), tb);
@@ -423,6 +435,11 @@ static void test_reference_finite_differences(void **state)
             for (size_t x = 0; x < nq; x++)
                 g.d_query[x] += g.d_key[x] + g.d_value[x];
             expect_fd(&p, keep, "d_query (self)", p.query, g.d_query, nq);
+        } else if (p.kv_same) {
+            for (int64_t x = 0; x < p.B * p.Lk * p.kdim; x++)
+                g.d_key[x] += g.d_value[x];
+            expect_fd(&p, keep, "d_query", p.query, g.d_query, nq);
+            expect_fd(&p, keep, "d_key (= value)", p.key, g.d_key, (size_t)(p.B * p.Lk * p.kdim));
         } else {
             expect_fd(&p, keep, "d_query", p.query, g.d_query, nq);
             expect_fd(&p, keep, "d_key", p.key, g.d_key, (size_t)(p.B * p.Lk * p.kdim));
