@@ -696,7 +696,7 @@ static void b_kv_lens(fixture *f)
 static void b_act_size(fixture *f) { f->a.activation_size = f->act - 1; }
 static void b_saved_size(fixture *f) { f->a.saved_size = f->sav - 1; }
 static void b_alias_out(fixture *f) { f->a.out = (float *)f->p.query; }
-static void b_alias_act(fixture *f) { f->a.activations = f->out; f->a.activation_size = f->act; }
+static void b_alias_act(fixture *f) { f->a.out = (float *)f->abuf + 16; }
 static void b_alias_weights(fixture *f) { f->a.weights = (float *)f->abuf + 4; }
 static void b_struct(fixture *f) { f->a.struct_size = 3; }
 static void b_overflow(fixture *f) { f->a.batch = 70000, f->a.q_len = 70000; }

@@ -405,9 +405,9 @@ static attn_status check_call(attn_mha *m, call *c, int backward)
     int64_t B = a->batch, Lq = a->q_len, Lk = a->kv_len;
     /* sizes of everything */
     sizes s;
-    int64_t rows_max = B * (Lq > Lk ? Lq : Lk); /* < 2^64 as both factors are < 2^32 */
-    int64_t lqlk;
-    if (!call_sizes(m, B, Lq, Lk, &s) || rows_max > INT_MAX ||
+    int64_t rows_max, lqlk;
+    if (!call_sizes(m, B, Lq, Lk, &s) ||
+        __builtin_mul_overflow(B, Lq > Lk ? Lq : Lk, &rows_max) || rows_max > INT_MAX ||
         __builtin_mul_overflow(Lq, Lk, &lqlk) ||
         __builtin_mul_overflow(lqlk, B * m->H, &lqlk) || lqlk > INT64_MAX / 8)
         return attn_fail(ctx, ATTN_ERR_OVERFLOW,
