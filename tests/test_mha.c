@@ -822,6 +822,51 @@ static void test_create_errors(void **state)
     attn_mha_destroy(NULL);
 }
 
+/* An allocator that fails from its n-th call on, and counts what is still allocated. */
+typedef struct counting {
+    int calls, fail_at, live;
+} counting;
+
+static void *counting_alloc(void *user, size_t size, size_t alignment)
+{
+    counting *c = user;
+    if (++c->calls >= c->fail_at)
+        return NULL;
+    void *p = aligned_alloc(alignment, (size + alignment - 1) / alignment * alignment);
+    c->live += p != NULL;
+    return p;
+}
+
+static void counting_free(void *user, void *p)
+{
+    counting *c = user;
+    c->live--;
+    free(p);
+}
+
+static void test_allocation_failure(void **state)
+{
+    (void)state;
+    for (int fail_at = 1; fail_at <= 3; fail_at++) {
+        counting c = {0, fail_at, 0};
+        attn_allocator al = {counting_alloc, counting_free, &c};
+        attn_mha_desc d;
+        attn_mha_desc_init(&d);
+        d.embed_dim = 8, d.heads = 2, d.threads = 2, d.allocator = &al;
+        attn_mha *m = (attn_mha *)&m;
+        attn_status st = attn_mha_create(&d, &m);
+        if (c.calls < fail_at) { /* every allocation succeeded */
+            assert_int_equal(st, ATTN_OK);
+            attn_mha_destroy(m);
+        } else {
+            assert_int_equal(st, ATTN_ERR_NO_MEMORY);
+            assert_null(m);
+            assert_true(strlen(attn_mha_last_error(NULL)) > 0);
+        }
+        assert_int_equal(c.live, 0); /* nothing left behind */
+    }
+}
+
 static void test_sizes(void **state)
 {
     (void)state;
@@ -890,6 +935,7 @@ int main(void)
         cmocka_unit_test(test_create_errors),
         cmocka_unit_test(test_sizes),
         cmocka_unit_test(test_pinned),
+        cmocka_unit_test(test_allocation_failure),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
