@@ -31,6 +31,7 @@
 #include <time.h>
 
 #include <attn/attn.h>
+#include <attn/attn_mha.h>
 #include <cblas.h>
 
 typedef struct bench_case {
@@ -41,27 +42,32 @@ typedef struct bench_case {
     float dropout; /* desc.dropout */
     uint32_t kv_dtype; /* desc.kv_dtype: 16-bit K and V read half the bytes */
     uint32_t merge; /* time attn_merge of this many parts [B, Hq, Lq, D] (Hkv, Lk unused) */
+    int mha;       /* the attn_mha layer, self-attention with E = Hq·D and biases: 1 its forward,
+                      2 its backward; GFLOP/s count the four projections (8 B L E², twice that
+                      backward) plus the attention (4 B L² E, 2.5 times that backward) */
 } bench_case;
 
 static const bench_case cases[] = {
-    {"enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0},
-    {"causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0},
-    {"bert-512", 4, 12, 12, 512, 512, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0},
-    {"d128-2k", 1, 8, 8, 2048, 2048, 128, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0},
-    {"gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0},
-    {"decode-4k", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32, 0},
-    {"decode-gqa-8k", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32, 0},
-    {"decode-4k-f16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0},
-    {"decode-4k-bf16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_BF16, 0},
-    {"decode-gqa-8k-f16", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0},
-    {"long-8k", 1, 1, 1, 8192, 8192, 64, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0},
-    {"long-64k", 1, 1, 1, 65536, 65536, 64, 1, 0, 1, 0, 0.0f, ATTN_KV_F32, 0},
-    {"enc-1k-drop", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.1f, ATTN_KV_F32, 0},
-    {"bwd-enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 1, 0.0f, ATTN_KV_F32, 0},
-    {"bwd-causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 1, 0.0f, ATTN_KV_F32, 0},
-    {"bwd-gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 1, 0.0f, ATTN_KV_F32, 0},
+    {"enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0},
+    {"causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0},
+    {"bert-512", 4, 12, 12, 512, 512, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0},
+    {"d128-2k", 1, 8, 8, 2048, 2048, 128, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0},
+    {"gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0},
+    {"decode-4k", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32, 0, 0},
+    {"decode-gqa-8k", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32, 0, 0},
+    {"decode-4k-f16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0},
+    {"decode-4k-bf16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_BF16, 0, 0},
+    {"decode-gqa-8k-f16", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0},
+    {"long-8k", 1, 1, 1, 8192, 8192, 64, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0},
+    {"long-64k", 1, 1, 1, 65536, 65536, 64, 1, 0, 1, 0, 0.0f, ATTN_KV_F32, 0, 0},
+    {"enc-1k-drop", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.1f, ATTN_KV_F32, 0, 0},
+    {"bwd-enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 1, 0.0f, ATTN_KV_F32, 0, 0},
+    {"bwd-causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 1, 0.0f, ATTN_KV_F32, 0, 0},
+    {"bwd-gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 1, 0.0f, ATTN_KV_F32, 0, 0},
     /* chunked prefill over a cache split 8 ways: 512 queries x 32 heads, 8 partials */
-    {"merge-8", 1, 32, 32, 512, 1, 128, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 8},
+    {"merge-8", 1, 32, 32, 512, 1, 128, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 8, 0},
+    {"mha-bert", 4, 12, 12, 512, 512, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 1},
+    {"bwd-mha-bert", 4, 12, 12, 512, 512, 64, 0, 0, 0, 1, 0.0f, ATTN_KV_F32, 0, 2},
 };
 enum { NCASES = sizeof cases / sizeof cases[0] };
 
@@ -310,10 +316,78 @@ typedef struct case_data {
     float *part_out, *part_lse; /* merge cases: the parts, one after the other */
     attn_merge_part *parts;
     attn_merge_args merge;
+    /* layer cases: x [B, L, E] is query, key and value; packed parameters and their gradients */
+    float *w_in, *b_in, *w_out, *b_out, *dw_in, *db_in, *dw_out, *db_out;
+    void *act, *saved;
+    attn_mha_args margs;
+    attn_mha_grads mgrads;
 } case_data;
+
+/* What a case runs on: a context, or a layer object. */
+typedef struct bench_obj {
+    attn_ctx *ctx;
+    attn_mha *mha;
+} bench_obj;
+
+static attn_mha_desc layer_desc(const bench_case *c, uint32_t threads)
+{
+    attn_mha_desc d;
+    attn_mha_desc_init(&d);
+    d.embed_dim = c->Hq * c->D, d.heads = c->Hq, d.threads = threads;
+    return d;
+}
+
+static void layer_data_init(const bench_case *c, case_data *cd)
+{
+    size_t E = (size_t)c->Hq * c->D, n = (size_t)c->B * c->Lq * E;
+    cd->nq = cd->nkv = n;
+    cd->q = random_buffer(n, 11), cd->out = random_buffer(n, 14);
+    cd->w_in = random_buffer(3 * E * E, 21), cd->b_in = random_buffer(3 * E, 22);
+    cd->w_out = random_buffer(E * E, 23), cd->b_out = random_buffer(E, 24);
+    for (size_t i = 0; i < 3 * E * E; i++)
+        cd->w_in[i] *= 0.05f;
+    for (size_t i = 0; i < E * E; i++)
+        cd->w_out[i] *= 0.05f;
+    attn_mha_desc d = layer_desc(c, 1);
+    attn_mha *m;
+    if (attn_mha_create(&d, &m) != ATTN_OK) {
+        fprintf(stderr, "attn-bench: %s: %s\n", c->name, attn_mha_last_error(NULL));
+        exit(1);
+    }
+    size_t na = attn_mha_activation_size(m, c->B, c->Lq, c->Lk);
+    size_t ns = attn_mha_saved_size(m, c->B, c->Lq, c->Lk);
+    attn_mha_destroy(m);
+    cd->act = random_buffer(na / 4 + 1, 25), cd->saved = random_buffer(ns / 4 + 1, 26);
+    attn_mha_args *a = &cd->margs;
+    attn_mha_args_init(a);
+    a->batch = c->B, a->q_len = c->Lq, a->kv_len = c->Lk;
+    a->query = a->key = a->value = cd->q;
+    a->out = cd->out;
+    a->in_proj_weight = cd->w_in, a->in_proj_bias = cd->b_in;
+    a->out_proj_weight = cd->w_out, a->out_proj_bias = cd->b_out;
+    a->activations = cd->act, a->activation_size = na;
+    if (c->mha == 2)
+        a->saved = cd->saved, a->saved_size = ns;
+    attn_mha_grads_init(&cd->mgrads);
+    if (c->mha != 2)
+        return;
+    cd->dout = random_buffer(n, 16), cd->dq = random_buffer(n, 17);
+    cd->dw_in = random_buffer(3 * E * E, 27), cd->db_in = random_buffer(3 * E, 28);
+    cd->dw_out = random_buffer(E * E, 29), cd->db_out = random_buffer(E, 30);
+    attn_mha_grads *g = &cd->mgrads;
+    g->dout = cd->dout;
+    g->d_query = g->d_key = g->d_value = cd->dq;
+    g->d_in_proj_weight = cd->dw_in, g->d_in_proj_bias = cd->db_in;
+    g->d_out_proj_weight = cd->dw_out, g->d_out_proj_bias = cd->db_out;
+}
 
 static void case_data_init(const bench_case *c, case_data *cd)
 {
+    memset(cd, 0, sizeof *cd);
+    if (c->mha) {
+        layer_data_init(c, cd);
+        return;
+    }
     cd->nq = (size_t)c->B * c->Hq * c->Lq * c->D;
     cd->nkv = (size_t)c->B * c->Hkv * c->Lk * c->D;
     cd->q = random_buffer(cd->nq, 11), cd->k = random_buffer(cd->nkv, 12);
@@ -377,28 +451,57 @@ static void case_data_free(case_data *cd)
     free(cd->q), free(cd->k), free(cd->v), free(cd->out);
     free(cd->lse), free(cd->dout), free(cd->dq), free(cd->dk), free(cd->dv);
     free(cd->part_out), free(cd->part_lse), free(cd->parts);
+    free(cd->w_in), free(cd->b_in), free(cd->w_out), free(cd->b_out), free(cd->dw_in);
+    free(cd->db_in), free(cd->dw_out), free(cd->db_out), free(cd->act), free(cd->saved);
 }
 
-/* The timed call of a case: the forward, the merge, or (backward cases) the backward of the
- * forward that case_call_setup ran once. */
-static attn_status case_call(const bench_case *c, attn_ctx *ctx, const case_data *cd)
+/* The timed call of a case: the forward, the merge, the layer, or (backward cases) the backward
+ * of the forward that case_call_setup ran once. */
+static attn_status case_call(const bench_case *c, const bench_obj *o, const case_data *cd)
 {
     if (c->merge)
         return attn_merge(&cd->merge);
-    return c->backward ? attn_backward(ctx, &cd->bwd) : attn_forward(ctx, &cd->args);
+    if (c->mha)
+        return c->backward ? attn_mha_backward(o->mha, &cd->margs, &cd->mgrads)
+                           : attn_mha_forward(o->mha, &cd->margs);
+    return c->backward ? attn_backward(o->ctx, &cd->bwd) : attn_forward(o->ctx, &cd->args);
 }
 
-static void case_call_setup(const bench_case *c, attn_ctx *ctx, const case_data *cd)
+static const char *case_error(const bench_obj *o)
 {
-    if (c->backward && attn_forward(ctx, &cd->args) != ATTN_OK) {
-        fprintf(stderr, "attn-bench: %s: %s\n", c->name, attn_last_error(ctx));
+    return o->mha ? attn_mha_last_error(o->mha) : attn_last_error(o->ctx);
+}
+
+static void case_call_setup(const bench_case *c, const bench_obj *o, const case_data *cd)
+{
+    attn_status st = ATTN_OK;
+    if (c->backward)
+        st = c->mha ? attn_mha_forward(o->mha, &cd->margs) : attn_forward(o->ctx, &cd->args);
+    if (st != ATTN_OK) {
+        fprintf(stderr, "attn-bench: %s: %s\n", c->name, case_error(o));
         exit(1);
     }
 }
 
 /* A context for the case on `threads` threads; exits with the reason if it cannot be made. */
-static attn_ctx *case_context(const bench_case *c, uint32_t threads, size_t *workspace)
+static bench_obj case_context(const bench_case *c, uint32_t threads, size_t *workspace)
 {
+    bench_obj o = {NULL, NULL};
+    if (c->mha) {
+        attn_mha_desc md = layer_desc(c, threads);
+        if (attn_mha_create(&md, &o.mha) != ATTN_OK) {
+            fprintf(stderr, "attn-bench: %s: %s\n", c->name, attn_mha_last_error(NULL));
+            exit(1);
+        }
+        if (workspace) { /* the workspace of the layer's context */
+            attn_desc d;
+            attn_desc_init(&d);
+            d.q_heads = d.kv_heads = c->Hq, d.qk_dim = d.v_dim = c->D, d.threads = threads;
+            d.ops = ATTN_OP_FORWARD | ATTN_OP_BACKWARD;
+            *workspace = attn_workspace_size(&d);
+        }
+        return o;
+    }
     attn_desc d;
     attn_desc_init(&d);
     d.q_heads = c->Hq, d.kv_heads = c->Hkv, d.qk_dim = d.v_dim = c->D;
@@ -407,14 +510,19 @@ static attn_ctx *case_context(const bench_case *c, uint32_t threads, size_t *wor
     d.ops = c->backward ? ATTN_OP_FORWARD | ATTN_OP_BACKWARD : ATTN_OP_FORWARD;
     d.dropout = c->dropout;
     d.kv_dtype = c->kv_dtype;
-    attn_ctx *ctx;
-    if (attn_create(&d, &ctx) != ATTN_OK) {
+    if (attn_create(&d, &o.ctx) != ATTN_OK) {
         fprintf(stderr, "attn-bench: %s: %s\n", c->name, attn_last_error(NULL));
         exit(1);
     }
     if (workspace)
         *workspace = attn_workspace_size(&d);
-    return ctx;
+    return o;
+}
+
+static void case_release(bench_obj *o)
+{
+    attn_destroy(o->ctx);
+    attn_mha_destroy(o->mha);
 }
 
 typedef struct result {
@@ -434,11 +542,15 @@ static result run_case(const bench_case *c, uint32_t threads, int reps, machine 
     if (c->backward) /* + dout, dq, dk, dv and lse */
         res.data_mib += (double)(2 * cd.nq + 2 * cd.nkv + (size_t)c->B * c->Hq * c->Lq) *
                         sizeof(float) / (1 << 20);
-    attn_ctx *ctx = case_context(c, threads, &res.workspace);
+    bench_obj ctx = case_context(c, threads, &res.workspace);
     attn_status st;
-    case_call_setup(c, ctx, &cd);
+    case_call_setup(c, &ctx, &cd);
     double flops = 4.0 * c->B * c->Hq * (double)c->Lq * c->Lk * c->D * (c->causal ? 0.5 : 1.0) *
                    (c->backward ? 2.5 : 1.0);
+    if (c->mha) { /* + the projections: four of 2 B L E² flops, twice that backward */
+        double E = (double)c->Hq * c->D;
+        flops += 8.0 * c->B * c->Lq * E * E * (c->backward ? 2.0 : 1.0);
+    }
     double bytes = 2.0 * (double)cd.nkv * (c->kv_dtype == ATTN_KV_F32 ? 4.0 : 2.0);
     int bw_threads = m->threads;
     if (c->merge) { /* the parts read, on the calling thread; no flops to speak of */
@@ -455,8 +567,9 @@ static result run_case(const bench_case *c, uint32_t threads, int reps, machine 
     /* warm-up: page faults, caches, clock ramp; at least one call and a quarter second */
     double warm_until = now() + 0.25;
     do {
-        if ((st = case_call(c, ctx, &cd)) != ATTN_OK) {
-            fprintf(stderr, "attn-bench: %s: %s\n", c->name, attn_last_error(c->merge ? NULL : ctx));
+        if ((st = case_call(c, &ctx, &cd)) != ATTN_OK) {
+            fprintf(stderr, "attn-bench: %s: %s\n", c->name,
+                    c->merge ? attn_last_error(NULL) : case_error(&ctx));
             exit(1);
         }
     } while (now() < warm_until);
@@ -465,7 +578,7 @@ static result run_case(const bench_case *c, uint32_t threads, int reps, machine 
         if (streams)
             bw[r] = bandwidth_sample(m, bw_threads);
         double t0 = now();
-        case_call(c, ctx, &cd);
+        case_call(c, &ctx, &cd);
         t[r] = now() - t0;
         ratio[r] = flops / t[r] / 1e9 / ceil[r];
         if (streams)
@@ -482,7 +595,7 @@ static result run_case(const bench_case *c, uint32_t threads, int reps, machine 
     res.bandwidth = streams ? median(bw, reps) : 0.0;
     res.bw_ratio = streams ? median(bw_ratio, reps) : 0.0;
     res.rss_mib = status_mib("VmHWM:") - baseline;
-    attn_destroy(ctx);
+    case_release(&ctx);
     case_data_free(&cd);
     return res;
 }
@@ -493,26 +606,26 @@ static double scaling(const bench_case *c, uint32_t threads, int reps)
 {
     case_data cd;
     case_data_init(c, &cd);
-    attn_ctx *ctx[2] = {case_context(c, 1, NULL), case_context(c, threads, NULL)};
-    case_call_setup(c, ctx[0], &cd);
+    bench_obj ctx[2] = {case_context(c, 1, NULL), case_context(c, threads, NULL)};
+    case_call_setup(c, &ctx[0], &cd);
     double ratio[64];
     reps = reps > 64 ? 64 : reps;
     double warm_until = now() + 0.25;
     do {
-        case_call(c, ctx[0], &cd);
-        case_call(c, ctx[1], &cd);
+        case_call(c, &ctx[0], &cd);
+        case_call(c, &ctx[1], &cd);
     } while (now() < warm_until);
     for (int r = 0; r < reps; r++) {
         double t0 = now();
-        case_call(c, ctx[0], &cd);
+        case_call(c, &ctx[0], &cd);
         double t1 = now();
-        case_call(c, ctx[1], &cd);
+        case_call(c, &ctx[1], &cd);
         ratio[r] = (t1 - t0) / (now() - t1);
         fprintf(stderr, "\r  %-14s pair %d/%d", c->name, r + 1, reps);
     }
     fprintf(stderr, "\r%60s\r", "");
-    attn_destroy(ctx[0]);
-    attn_destroy(ctx[1]);
+    case_release(&ctx[0]);
+    case_release(&ctx[1]);
     case_data_free(&cd);
     return median(ratio, reps);
 }
@@ -548,8 +661,9 @@ int main(int argc, char **argv)
             want_scaling = 1;
         else if (!strcmp(argv[i], "--list")) {
             for (int c = 0; c < NCASES; c++)
-                printf("%-14s B=%u Hq=%u Hkv=%u Lq=%u Lk=%u D=%u%s%s%s%s%s\n", cases[c].name,
+                printf("%-14s B=%u Hq=%u Hkv=%u Lq=%u Lk=%u D=%u%s%s%s%s%s%s\n", cases[c].name,
                        cases[c].B, cases[c].Hq, cases[c].Hkv, cases[c].Lq, cases[c].Lk, cases[c].D,
+                       cases[c].mha ? " MHA layer" : "",
                        cases[c].causal ? " causal" : "", cases[c].backward ? " backward" : "",
                        cases[c].dropout > 0.0f ? " dropout" : "",
                        cases[c].kv_dtype == ATTN_KV_F16    ? " f16 K/V"

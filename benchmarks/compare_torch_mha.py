@@ -1,0 +1,88 @@
+#!/usr/bin/python3
+"""libattn's multi-head attention layer against PyTorch's CPU nn.MultiheadAttention.
+
+attn-bench's cases mha-bert (the layer's forward) and bwd-mha-bert (its backward) against
+torch.nn.MultiheadAttention(E, H, batch_first=True) in self-attention on the same shape
+(B 4, L 512, E 768, H 12), float32, need_weights=False: the forward timed under torch.no_grad()
+(PyTorch 1.13 then takes its fused "fast path" where it can), the backward as out.backward(dout)
+of a forward run with autograd, gradients of the input and every parameter as libattn computes
+them. Both sides use the same number of threads and are timed in alternation, so a noisy
+machine disturbs both alike; the script prints the median time of each and their ratio
+(> 1: libattn is faster).
+
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 benchmarks/compare_torch_mha.py [--bench PATH]
+        [--threads N] [--reps N] [--case NAME]...
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+CASES = {  # B, H, L, E, backward
+    "mha-bert": (4, 12, 512, 768, False),
+    "bwd-mha-bert": (4, 12, 512, 768, True),
+}
+
+
+def torch_layer(torch, name, reps):
+    B, H, L, E, backward = CASES[name]
+    g = torch.Generator().manual_seed(1)
+    mha = torch.nn.MultiheadAttention(E, H, batch_first=True)
+    x = torch.randn(B, L, E, generator=g, requires_grad=backward)
+    dout = torch.randn(B, L, E, generator=g)
+
+    def step():
+        if not backward:
+            mha.eval()
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                mha(x, x, x, need_weights=False)
+                return time.perf_counter() - t0
+        mha.train()
+        out, _ = mha(x, x, x, need_weights=False)
+        mha.zero_grad(set_to_none=True)
+        x.grad = None
+        t0 = time.perf_counter()
+        out.backward(dout)
+        return time.perf_counter() - t0
+
+    step()
+    return sorted(step() for _ in range(reps))[reps // 2]
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bench", default=os.path.join(here, "..", "build", "benchmarks", "attn-bench"))
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--case", action="append")
+    args = ap.parse_args()
+    try:
+        import torch
+    except ImportError:
+        print("compare_torch_mha.py: PyTorch is not installed (Debian: apt-get install python3-torch)")
+        return 0
+    torch.set_num_threads(args.threads)
+    print(f"PyTorch {torch.__version__}, {args.threads} threads; times are medians, ratio = "
+          "PyTorch time / libattn time (backward cases: the backward only, on both sides)")
+    for name in args.case or list(CASES):
+        ours = []
+        theirs = []
+        for _ in range(2):  # alternate the two sides
+            out = subprocess.run([args.bench, "--case", name, "--json", "--reps", str(args.reps),
+                                  "--threads", str(args.threads)], capture_output=True, text=True,
+                                 check=True).stdout
+            ours.append(json.loads(out.splitlines()[-1])["median_ms"])
+            theirs.append(torch_layer(torch, name, args.reps) * 1e3)
+        a, t = sorted(ours)[0], sorted(theirs)[0]
+        print(f"{name:14s} libattn {a:9.2f} ms   PyTorch nn.MultiheadAttention {t:9.2f} ms   "
+              f"x{t / a:.2f}")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
