@@ -771,8 +771,11 @@ static PyObject *module_dropout_mask(PyObject *self, PyObject *args)
     tensor keep;
     if (acquire(okeep, "keep", 1, ELEM_BOOL, 1, 1, &keep))
         return NULL;
-    /* Only a call libattn would accept writes: then the extent must fit the buffer. */
-    if (rows >= 1 && cols >= 1 && ld >= cols && (rows - 1) <= (INT64_MAX - cols) / ld &&
+    /* Only a call libattn would accept writes (rows and cols are at most 2^32 then): its
+     * extent must fit the buffer. */
+    const int64_t most = INT64_C(1) << 32;
+    if (rows >= 1 && cols >= 1 && rows <= most && cols <= most && ld >= cols &&
+        (rows - 1) <= (INT64_MAX - cols) / ld &&
         (rows - 1) * ld + cols > keep.shape[0]) {
         PyErr_Format(PyExc_ValueError, "keep: %lld bytes, the block needs %lld",
                      (long long)keep.shape[0], (long long)((rows - 1) * ld + cols));
