@@ -476,6 +476,11 @@ class Context:
         dbias = None
         if grad_of is not None:
             bv = p["bias"]
+            target = (1,) * (4 - len(grad_of)) + tuple(grad_of)
+            if any(target[i] > 1 and bv.strides[i] == 0 for i in range(3)):
+                # a broadcast view given as the bias: libattn would sum its gradient over the
+                # shared memory; each element of the view needs its own
+                bv = p["bias"] = np.array(bv, order="C")
             dshape = tuple(1 if bv.shape[i] == 1 or bv.strides[i] == 0 else bv.shape[i]
                            for i in range(3)) + (Lk,)
             dbias = np.empty(dshape, np.float32)

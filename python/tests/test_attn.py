@@ -752,6 +752,19 @@ class TestBackward(Case):
                 tol = tol.sum(0, keepdims=True)
             self.assert_close(x, want[name], tol, f"against autograd: {name}")
 
+    def test_gradient_of_a_broadcast_view_bias(self):
+        """A bias passed as a numpy broadcast view has one gradient per element of the view,
+        not one per element of the memory behind it."""
+        rng = np.random.default_rng(49)
+        q, k, v, dout = rand(rng, 2, 2, 3, 4), rand(rng, 2, 2, 5, 4), rand(rng, 2, 2, 5, 4), \
+            rand(rng, 2, 2, 3, 4)
+        bias = np.broadcast_to(rand(rng, 3, 5), (2, 3, 5))
+        ctx = attn.Context(2, 2, 4, backward=True)
+        res = ctx.forward(q, k, v, bias=bias, return_lse=True)
+        got = ctx.backward(q, k, v, res.out, dout, res.lse, bias=bias, need_dbias=True)
+        ref = reference_grad(q, k, v, dout, bias=bias)
+        self.check_grads(got, ref, "broadcast view", (2, 3, 5))
+
     def test_float_attn_mask_gradient(self):
         rng = np.random.default_rng(43)
         q, k, v, dout = rand(rng, 1, 2, 3, 4), rand(rng, 1, 2, 5, 4), rand(rng, 1, 2, 5, 4), \
@@ -1034,6 +1047,40 @@ class TestNoLeaks(unittest.TestCase):
                 core.forward(q, k, v, out, None, lens, mask, bias, 1, w, lse, ent[:1])
             with self.assertRaises(ValueError):  # the core rejects: a buffer's dtype
                 core.forward(q, k, v, out, None, lens, mask.astype(np.float32), bias, 1, w)
+        self.assertEqual([sys.getrefcount(a) for a in arrays], before)
+
+    def test_backward_merge_and_dropout_mask_release_every_buffer(self):
+        rng = np.random.default_rng(52)
+        q, k, v = rand(rng, 2, 2, 3, 4), rand(rng, 2, 1, 5, 4), rand(rng, 2, 1, 5, 4)
+        out, dout = rand(rng, 2, 2, 3, 4), rand(rng, 2, 2, 3, 4)
+        lse = np.zeros((2, 2, 3), np.float32)
+        dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+        mask = np.ones((2, 2, 3, 5), bool)
+        bias = np.zeros((2, 2, 3, 5), np.float32)
+        dbias = np.empty_like(bias)
+        lens = np.array([5, 3], np.int32)
+        keep = np.empty(12, np.uint8)
+        mo, ml = np.empty_like(out), np.empty_like(lse)
+        arrays = (q, k, v, out, dout, lse, dq, dk, dv, mask, bias, dbias, lens, keep, mo, ml)
+        core = _attn.Context(2, 1, 4, 4, 0.0, True, -1, -1, 0, 1, 3)
+        parts_o, parts_l = [out, dout], [lse, lse]
+        before = [sys.getrefcount(a) for a in arrays]
+        for _ in range(3):
+            core.backward(q, k, v, out, dout, lse, dq, dk, dv, None, lens, mask, bias, dbias)
+            with self.assertRaises(ValueError):  # libattn rejects: kv_lens above kv_len
+                core.backward(q, k, v, out, dout, lse, dq, dk, dv, None,
+                              np.array([9, 9], np.int32), mask, bias, dbias)
+            with self.assertRaises(ValueError):  # the core rejects: the last buffer's shape
+                core.backward(q, k, v, out, dout, lse, dq, dk, dv, None, lens, mask, bias,
+                              dbias[:1])
+            _attn.dropout_mask(0.5, 1, 2, 2, 0, 1, 0, 3, 0, 4, keep, 4)
+            with self.assertRaises(ValueError):
+                _attn.dropout_mask(0.5, 1, 2, 2, 0, 2, 0, 3, 0, 4, keep, 4)
+            _attn.merge(parts_o, parts_l, mo, ml, 0)
+            with self.assertRaises(ValueError):  # libattn rejects: out is part 1's out
+                _attn.merge(parts_o, parts_l, dout, ml, 0)
+            with self.assertRaises(ValueError):  # the core rejects: a part's shape
+                _attn.merge(parts_o, [lse, lse[:1]], mo, ml, 0)
         self.assertEqual([sys.getrefcount(a) for a in arrays], before)
 
     def test_repeated_calls_keep_no_memory(self):
