@@ -1,7 +1,8 @@
 /*
  * attn._attn: the C core of the Python module. It maps Python buffers (PEP 3118, e.g. numpy
- * arrays) onto libattn's strided views without copying and runs attn_forward with the GIL
- * released. It takes every tensor already in libattn's logical order [batch, head, seq, feature]
+ * arrays) onto libattn's strided views without copying and runs attn_forward,
+ * attn_backward, attn_dropout_mask and attn_merge with the GIL released. It takes every tensor
+ * already in libattn's logical order [batch, head, seq, feature]
  * (a [B, S, H, D] array is passed as its transposed view, which only permutes strides); the
  * Python layer in attn/__init__.py does the dtype conversions, broadcasting and layouts, and
  * allocates the outputs. This core still checks every shape and stride it is given, so that a
@@ -54,7 +55,7 @@ static PyObject *raise_status(attn_status st, const char *message)
 
 /* ---- buffers ------------------------------------------------------------------------------- */
 
-enum elem_kind { ELEM_F32, ELEM_BOOL, ELEM_I32 };
+enum elem_kind { ELEM_F32, ELEM_BOOL, ELEM_I32, ELEM_F16, ELEM_BF16 };
 
 /* One acquired buffer. `held` tells whether `view` must be released. */
 typedef struct tensor {
@@ -93,13 +94,29 @@ static int format_is(const char *fmt, enum elem_kind kind, Py_ssize_t itemsize)
     case ELEM_I32:
         return itemsize == 4 &&
                (strcmp(fmt, "i") == 0 || (sizeof(long) == 4 && strcmp(fmt, "l") == 0));
+    case ELEM_F16: /* binary16, or its bits as uint16 */
+        return itemsize == 2 && (strcmp(fmt, "e") == 0 || strcmp(fmt, "H") == 0);
+    case ELEM_BF16: /* no buffer format names bfloat16: its bits as uint16 */
+        return itemsize == 2 && strcmp(fmt, "H") == 0;
     }
     return 0;
 }
 
 static const char *kind_name(enum elem_kind kind)
 {
-    return kind == ELEM_F32 ? "float32" : kind == ELEM_BOOL ? "bool or uint8" : "int32";
+    switch (kind) {
+    case ELEM_F32:
+        return "float32";
+    case ELEM_BOOL:
+        return "bool or uint8";
+    case ELEM_I32:
+        return "int32";
+    case ELEM_F16:
+        return "float16";
+    case ELEM_BF16:
+        return "uint16 (bfloat16 bits)";
+    }
+    return "?";
 }
 
 /*
@@ -240,23 +257,60 @@ static int parse_i64(PyObject *obj, const char *name, int64_t *out)
     return 0;
 }
 
+static int parse_u64(PyObject *obj, const char *name, uint64_t *out)
+{
+    unsigned long long v = PyLong_AsUnsignedLongLong(obj);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s = %R must be an integer in [0, 2**64 - 1]", name, obj);
+        return -1;
+    }
+    *out = (uint64_t)v;
+    return 0;
+}
+
+/* q_offset: None = libattn's default (kv_len - q_len), else an int64 other than the sentinel. */
+static int parse_q_offset(PyObject *obj, int64_t *q_offset)
+{
+    *q_offset = ATTN_Q_OFFSET_DEFAULT;
+    if (obj == Py_None)
+        return 0;
+    if (parse_i64(obj, "q_offset", q_offset))
+        return -1;
+    if (*q_offset == ATTN_Q_OFFSET_DEFAULT) { /* the sentinel is not a position */
+        PyErr_Format(PyExc_ValueError, "q_offset = %R is outside [%lld, %lld]", obj,
+                     (long long)-ATTN_MAX_DISTANCE, (long long)ATTN_MAX_DISTANCE);
+        return -1;
+    }
+    return 0;
+}
+
+/* The element kind of K and V under the context's kv_dtype. */
+static enum elem_kind kv_kind(const attn_desc *d)
+{
+    return d->kv_dtype == ATTN_KV_F16 ? ELEM_F16 : d->kv_dtype == ATTN_KV_BF16 ? ELEM_BF16
+                                                                               : ELEM_F32;
+}
+
 /* Context(q_heads, kv_heads, qk_dim, v_dim, scale, causal, window_left, window_right,
- *         masked_rows, threads): every argument required, libattn's meaning and encoding
+ *         masked_rows, threads, ops=0, dropout=0.0, kv_dtype=0): libattn's meaning and encoding
  * (scale 0 = 1/sqrt(qk_dim), window bounds -1 = unbounded, masked_rows 0 = zero, 1 = NaN,
- * threads 0 = every processor). */
+ * threads 0 = every processor, ops an OR of ATTN_OP_*, kv_dtype an attn_kv_dtype). */
 static int context_init(ContextObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *names[] = {"q_heads", "kv_heads", "qk_dim", "v_dim", "scale", "causal",
-                            "window_left", "window_right", "masked_rows", "threads", NULL};
-    PyObject *qh, *kvh, *dk, *dv, *wl, *wr, *mr, *th;
-    double scale;
+                            "window_left", "window_right", "masked_rows", "threads", "ops",
+                            "dropout", "kv_dtype", NULL};
+    PyObject *qh, *kvh, *dk, *dv, *wl, *wr, *mr, *th, *oops = NULL, *okv = NULL;
+    double scale, dropout = 0.0;
     int causal;
     if (self->ctx) {
         PyErr_SetString(PyExc_RuntimeError, "Context is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOdpOOOO:Context", names, &qh, &kvh, &dk,
-                                     &dv, &scale, &causal, &wl, &wr, &mr, &th))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOdpOOOO|OdO:Context", names, &qh, &kvh,
+                                     &dk, &dv, &scale, &causal, &wl, &wr, &mr, &th, &oops,
+                                     &dropout, &okv))
         return -1;
     attn_desc d;
     attn_desc_init(&d);
@@ -265,9 +319,12 @@ static int context_init(ContextObject *self, PyObject *args, PyObject *kwargs)
         parse_u32(dk, "qk_dim", &d.qk_dim) || parse_u32(dv, "v_dim", &d.v_dim) ||
         parse_i64(wl, "window_left", &d.window_left) ||
         parse_i64(wr, "window_right", &d.window_right) ||
-        parse_u32(mr, "masked_rows", &masked_rows) || parse_u32(th, "threads", &d.threads))
+        parse_u32(mr, "masked_rows", &masked_rows) || parse_u32(th, "threads", &d.threads) ||
+        (oops && parse_u32(oops, "ops", &d.ops)) ||
+        (okv && parse_u32(okv, "kv_dtype", &d.kv_dtype)))
         return -1;
     d.scale = (float)scale;
+    d.dropout = (float)dropout; /* libattn checks the range (a NaN stays NaN) */
     d.flags = causal ? ATTN_CAUSAL : 0;
     d.masked_rows = (attn_masked_rows)masked_rows;
     if (masked_rows > 1) { /* an out-of-range enum value is not representable portably */
@@ -316,13 +373,20 @@ static void lock_context(ContextObject *self)
 static PyObject *context_forward(ContextObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *names[] = {"q", "k", "v", "out", "q_offset", "kv_lens", "mask", "bias",
-                            "weights_mode", "weights", "lse", "entropy", NULL};
+                            "weights_mode", "weights", "lse", "entropy", "dropout_seed",
+                            "dropout_offset", NULL};
     PyObject *oq, *ok, *ov, *oout, *ooff = Py_None, *olens = Py_None, *omask = Py_None,
-             *obias = Py_None, *ow = Py_None, *olse = Py_None, *oent = Py_None;
+             *obias = Py_None, *ow = Py_None, *olse = Py_None, *oent = Py_None,
+             *oseed = NULL, *odoff = NULL;
     int weights_mode = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|OOOOiOOO:forward", names, &oq, &ok, &ov,
-                                     &oout, &ooff, &olens, &omask, &obias, &weights_mode, &ow,
-                                     &olse, &oent))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|OOOOiOOOOO:forward", names, &oq, &ok,
+                                     &ov, &oout, &ooff, &olens, &omask, &obias, &weights_mode,
+                                     &ow, &olse, &oent, &oseed, &odoff))
+        return NULL;
+    uint64_t seed = 0;
+    uint32_t dropout_offset = 0;
+    if ((oseed && parse_u64(oseed, "dropout_seed", &seed)) ||
+        (odoff && parse_u32(odoff, "dropout_offset", &dropout_offset)))
         return NULL;
     if (weights_mode < 0 || weights_mode > 2) {
         PyErr_Format(PyExc_ValueError, "weights_mode = %d is not 0, 1 or 2", weights_mode);
@@ -334,16 +398,9 @@ static PyObject *context_forward(ContextObject *self, PyObject *args, PyObject *
                                                        : "weights given with weights_mode 0");
         return NULL;
     }
-    int64_t q_offset = ATTN_Q_OFFSET_DEFAULT;
-    if (ooff != Py_None) {
-        if (parse_i64(ooff, "q_offset", &q_offset))
-            return NULL;
-        if (q_offset == ATTN_Q_OFFSET_DEFAULT) { /* the sentinel is not a position */
-            PyErr_Format(PyExc_ValueError, "q_offset = %R is outside [%lld, %lld]", ooff,
-                         (long long)-ATTN_MAX_DISTANCE, (long long)ATTN_MAX_DISTANCE);
-            return NULL;
-        }
-    }
+    int64_t q_offset;
+    if (parse_q_offset(ooff, &q_offset))
+        return NULL;
 
     const attn_desc *d = &self->desc;
     tensor q, k, v, out, lens, mask, bias, w, lse, ent;
@@ -352,8 +409,8 @@ static PyObject *context_forward(ContextObject *self, PyObject *args, PyObject *
         all[i]->held = 0;
     PyObject *result = NULL;
 
-    if (acquire(oq, "q", 4, ELEM_F32, 0, 0, &q) || acquire(ok, "k", 4, ELEM_F32, 0, 0, &k) ||
-        acquire(ov, "v", 4, ELEM_F32, 0, 0, &v) || acquire(oout, "out", 4, ELEM_F32, 1, 0, &out))
+    if (acquire(oq, "q", 4, ELEM_F32, 0, 0, &q) || acquire(ok, "k", 4, kv_kind(d), 0, 0, &k) ||
+        acquire(ov, "v", 4, kv_kind(d), 0, 0, &v) || acquire(oout, "out", 4, ELEM_F32, 1, 0, &out))
         goto done;
     int64_t B = q.shape[0], Lq = q.shape[2], Lk = k.shape[2];
     if (B > UINT32_MAX || Lq > UINT32_MAX || Lk > UINT32_MAX) {
@@ -428,6 +485,8 @@ static PyObject *context_forward(ContextObject *self, PyObject *args, PyObject *
     a.weights = w.held ? w.view.buf : NULL;
     a.lse = lse.held ? lse.view.buf : NULL;
     a.entropy = ent.held ? ent.view.buf : NULL;
+    a.dropout_seed = seed;
+    a.dropout_offset = dropout_offset;
 
     /* The buffers stay acquired (their exporters cannot resize or free them) while the GIL is
      * released; the lock keeps other threads off the context and its error text. */
@@ -440,6 +499,160 @@ static PyObject *context_forward(ContextObject *self, PyObject *args, PyObject *
     }
     Py_BEGIN_ALLOW_THREADS
     st = attn_forward(self->ctx, &a);
+    Py_END_ALLOW_THREADS
+    if (st != ATTN_OK)
+        raise_status(st, attn_last_error(self->ctx));
+    PyThread_release_lock(self->lock);
+    if (st == ATTN_OK) {
+        Py_INCREF(Py_None);
+        result = Py_None;
+    }
+done:
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        release(all[i]);
+    return result;
+}
+
+/*
+ * backward(q, k, v, out, dout, lse, dq, dk, dv, q_offset=None, kv_lens=None, mask=None,
+ *          bias=None, dbias=None, dropout_seed=0, dropout_offset=0)
+ * q, k, v, mask, bias, kv_lens, q_offset: as for forward (k and v in the context's kv_dtype).
+ * out, dout [B,Hq,Lq,Dv] float32 with a contiguous last axis; lse C-contiguous float32
+ * [B,Hq,Lq]. dq, dk, dv (writable float32, shapes of q, k, v, contiguous last axis) are
+ * overwritten. dbias: None, or (only with bias) a writable C-contiguous float32 array of the
+ * bias's broadcast shape: size 1 along each axis on which the bias view has stride 0 (or size
+ * 1), kv_len along the last. Returns None.
+ */
+static PyObject *context_backward(ContextObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"q", "k", "v", "out", "dout", "lse", "dq", "dk", "dv", "q_offset",
+                            "kv_lens", "mask", "bias", "dbias", "dropout_seed",
+                            "dropout_offset", NULL};
+    PyObject *oq, *ok, *ov, *oout, *odout, *olse, *odq, *odk, *odv, *ooff = Py_None,
+             *olens = Py_None, *omask = Py_None, *obias = Py_None, *odbias = Py_None,
+             *oseed = NULL, *odoff = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOO|OOOOOOO:backward", names, &oq,
+                                     &ok, &ov, &oout, &odout, &olse, &odq, &odk, &odv, &ooff,
+                                     &olens, &omask, &obias, &odbias, &oseed, &odoff))
+        return NULL;
+    uint64_t seed = 0;
+    uint32_t dropout_offset = 0;
+    int64_t q_offset;
+    if ((oseed && parse_u64(oseed, "dropout_seed", &seed)) ||
+        (odoff && parse_u32(odoff, "dropout_offset", &dropout_offset)) ||
+        parse_q_offset(ooff, &q_offset))
+        return NULL;
+    if (odbias != Py_None && obias == Py_None) {
+        PyErr_SetString(PyExc_ValueError, "dbias given without bias");
+        return NULL;
+    }
+
+    const attn_desc *d = &self->desc;
+    tensor q, k, v, out, dout, lse, dq, dk, dv, lens, mask, bias, dbias;
+    tensor *all[] = {&q, &k, &v, &out, &dout, &lse, &dq, &dk, &dv, &lens, &mask, &bias, &dbias};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        all[i]->held = 0;
+    PyObject *result = NULL;
+
+    if (acquire(oq, "q", 4, ELEM_F32, 0, 0, &q) || acquire(ok, "k", 4, kv_kind(d), 0, 0, &k) ||
+        acquire(ov, "v", 4, kv_kind(d), 0, 0, &v) ||
+        acquire(oout, "out", 4, ELEM_F32, 0, 0, &out) ||
+        acquire(odout, "dout", 4, ELEM_F32, 0, 0, &dout) ||
+        acquire(olse, "lse", 3, ELEM_F32, 0, 1, &lse) ||
+        acquire(odq, "dq", 4, ELEM_F32, 1, 0, &dq) || acquire(odk, "dk", 4, ELEM_F32, 1, 0, &dk) ||
+        acquire(odv, "dv", 4, ELEM_F32, 1, 0, &dv))
+        goto done;
+    int64_t B = q.shape[0], Lq = q.shape[2], Lk = k.shape[2];
+    if (B > UINT32_MAX || Lq > UINT32_MAX || Lk > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "batch, q_len and kv_len must each fit 32 bits");
+        goto done;
+    }
+    {
+        const int64_t wq[4] = {B, d->q_heads, Lq, d->qk_dim};
+        const int64_t wk[4] = {B, d->kv_heads, Lk, d->qk_dim};
+        const int64_t wv[4] = {B, d->kv_heads, Lk, d->v_dim};
+        const int64_t wo[4] = {B, d->q_heads, Lq, d->v_dim};
+        const int64_t wm[4] = {B, d->q_heads, Lq, Lk};
+        const int64_t wl[3] = {B, d->q_heads, Lq};
+        if (check_shape(&q, "q", 4, wq, "(batch, q_heads, q_len, qk_dim)") ||
+            check_shape(&k, "k", 4, wk, "(batch, kv_heads, kv_len, qk_dim)") ||
+            check_shape(&v, "v", 4, wv, "(batch, kv_heads, kv_len, v_dim)") ||
+            check_shape(&out, "out", 4, wo, "(batch, q_heads, q_len, v_dim)") ||
+            check_shape(&dout, "dout", 4, wo, "(batch, q_heads, q_len, v_dim)") ||
+            check_shape(&lse, "lse", 3, wl, "(batch, q_heads, q_len)") ||
+            check_shape(&dq, "dq", 4, wq, "(batch, q_heads, q_len, qk_dim)") ||
+            check_shape(&dk, "dk", 4, wk, "(batch, kv_heads, kv_len, qk_dim)") ||
+            check_shape(&dv, "dv", 4, wv, "(batch, kv_heads, kv_len, v_dim)"))
+            goto done;
+        if (olens != Py_None) {
+            if (acquire(olens, "kv_lens", 1, ELEM_I32, 0, 1, &lens))
+                goto done;
+            if (lens.shape[0] != B) {
+                PyErr_Format(PyExc_ValueError, "kv_lens: %lld entries for a batch of %lld",
+                             (long long)lens.shape[0], (long long)B);
+                goto done;
+            }
+        }
+        if (omask != Py_None && (acquire(omask, "mask", 4, ELEM_BOOL, 0, 0, &mask) ||
+                                 check_shape(&mask, "mask", 4, wm,
+                                             "(batch, q_heads, q_len, kv_len)")))
+            goto done;
+        if (obias != Py_None && (acquire(obias, "bias", 4, ELEM_F32, 0, 0, &bias) ||
+                                 check_shape(&bias, "bias", 4, wm,
+                                             "(batch, q_heads, q_len, kv_len)")))
+            goto done;
+        if (odbias != Py_None) {
+            int64_t wdb[4];
+            for (int i = 0; i < 3; i++)
+                wdb[i] = bias.strides[i] == 0 ? 1 : wm[i];
+            wdb[3] = Lk;
+            if (acquire(odbias, "dbias", 4, ELEM_F32, 1, 1, &dbias) ||
+                check_shape(&dbias, "dbias", 4, wdb, "the bias's broadcast shape"))
+                goto done;
+        }
+    }
+
+    attn_backward_args a;
+    attn_backward_args_init(&a);
+    a.batch = (uint32_t)B;
+    a.q_len = (uint32_t)Lq;
+    a.kv_len = (uint32_t)Lk;
+    a.q = q.view.buf;
+    a.q_strides = strides_of(&q);
+    a.k = k.view.buf;
+    a.k_strides = strides_of(&k);
+    a.v = v.view.buf;
+    a.v_strides = strides_of(&v);
+    a.out = out.view.buf;
+    a.out_strides = strides_of(&out);
+    a.dout = dout.view.buf;
+    a.dout_strides = strides_of(&dout);
+    a.lse = lse.view.buf; /* C-contiguous: strides {0, 0, 0} */
+    a.q_offset = q_offset;
+    a.kv_lens = lens.held ? lens.view.buf : NULL;
+    a.mask = mask.held ? mask.view.buf : NULL;
+    a.mask_strides = strides_of(&mask);
+    a.bias = bias.held ? bias.view.buf : NULL;
+    a.bias_strides = strides_of(&bias);
+    a.dq = dq.view.buf;
+    a.dq_strides = strides_of(&dq);
+    a.dk = dk.view.buf;
+    a.dk_strides = strides_of(&dk);
+    a.dv = dv.view.buf;
+    a.dv_strides = strides_of(&dv);
+    a.dbias = dbias.held ? dbias.view.buf : NULL; /* C-contiguous: strides {0, 0, 0} */
+    a.dropout_seed = seed;
+    a.dropout_offset = dropout_offset;
+
+    attn_status st = ATTN_OK;
+    lock_context(self);
+    if (!self->ctx) {
+        PyThread_release_lock(self->lock);
+        PyErr_SetString(PyExc_ValueError, "the Context is closed");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    st = attn_backward(self->ctx, &a);
     Py_END_ALLOW_THREADS
     if (st != ATTN_OK)
         raise_status(st, attn_last_error(self->ctx));
@@ -477,8 +690,13 @@ static PyObject *context_get_closed(ContextObject *self, void *unused)
 static PyMethodDef context_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))context_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(q, k, v, out, q_offset=None, kv_lens=None, mask=None, bias=None, weights_mode=0, "
-     "weights=None, lse=None, entropy=None)\n\nOne attn_forward call on buffers in "
-     "[batch, head, seq, feature] order; outputs are written in place."},
+     "weights=None, lse=None, entropy=None, dropout_seed=0, dropout_offset=0)\n\nOne "
+     "attn_forward call on buffers in [batch, head, seq, feature] order; outputs are written "
+     "in place."},
+    {"backward", (PyCFunction)(void (*)(void))context_backward, METH_VARARGS | METH_KEYWORDS,
+     "backward(q, k, v, out, dout, lse, dq, dk, dv, q_offset=None, kv_lens=None, mask=None, "
+     "bias=None, dbias=None, dropout_seed=0, dropout_offset=0)\n\nOne attn_backward call; "
+     "dq, dk, dv (and dbias) are written in place."},
     {"close", (PyCFunction)context_close, METH_NOARGS,
      "close()\n\nReleases the C context; later calls raise ValueError."},
     {NULL, NULL, 0, NULL}};
@@ -494,8 +712,8 @@ static PyTypeObject ContextType = {
     .tp_dealloc = (destructor)context_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "Context(q_heads, kv_heads, qk_dim, v_dim, scale, causal, window_left, "
-              "window_right, masked_rows, threads)\n\nAn attn_ctx: libattn's descriptor "
-              "fields, with libattn's encodings.",
+              "window_right, masked_rows, threads, ops=0, dropout=0.0, kv_dtype=0)\n\nAn "
+              "attn_ctx: libattn's descriptor fields, with libattn's encodings.",
     .tp_methods = context_methods,
     .tp_getset = context_getset,
     .tp_init = (initproc)context_init,
@@ -530,9 +748,158 @@ static PyObject *module_error(PyObject *self, PyObject *args)
     return value;
 }
 
+/* dropout_mask(p, seed, offset, q_heads, batch_index, head, row0, rows, col0, cols, keep, ld):
+ * attn_dropout_mask into `keep`, a writable C-contiguous uint8 buffer of at least
+ * (rows - 1) * ld + cols bytes (checked here before libattn sees it). Returns None. */
+static PyObject *module_dropout_mask(PyObject *self, PyObject *args)
+{
+    (void)self;
+    double p;
+    PyObject *oseed, *ooff, *oqh, *ob, *oh, *orow0, *orows, *ocol0, *ocols, *okeep, *old;
+    if (!PyArg_ParseTuple(args, "dOOOOOOOOOOO:dropout_mask", &p, &oseed, &ooff, &oqh, &ob, &oh,
+                          &orow0, &orows, &ocol0, &ocols, &okeep, &old))
+        return NULL;
+    uint64_t seed;
+    uint32_t offset, q_heads, b, h;
+    int64_t row0, rows, col0, cols, ld;
+    if (parse_u64(oseed, "seed", &seed) || parse_u32(ooff, "offset", &offset) ||
+        parse_u32(oqh, "q_heads", &q_heads) || parse_u32(ob, "batch", &b) ||
+        parse_u32(oh, "head", &h) || parse_i64(orow0, "row0", &row0) ||
+        parse_i64(orows, "rows", &rows) || parse_i64(ocol0, "col0", &col0) ||
+        parse_i64(ocols, "cols", &cols) || parse_i64(old, "ld", &ld))
+        return NULL;
+    tensor keep;
+    if (acquire(okeep, "keep", 1, ELEM_BOOL, 1, 1, &keep))
+        return NULL;
+    /* Only a call libattn would accept writes (rows and cols are at most 2^32 then): its
+     * extent must fit the buffer. */
+    const int64_t most = INT64_C(1) << 32;
+    if (rows >= 1 && cols >= 1 && rows <= most && cols <= most && ld >= cols &&
+        (rows - 1) <= (INT64_MAX - cols) / ld &&
+        (rows - 1) * ld + cols > keep.shape[0]) {
+        PyErr_Format(PyExc_ValueError, "keep: %lld bytes, the block needs %lld",
+                     (long long)keep.shape[0], (long long)((rows - 1) * ld + cols));
+        release(&keep);
+        return NULL;
+    }
+    attn_status st;
+    const char *msg;
+    Py_BEGIN_ALLOW_THREADS
+    st = attn_dropout_mask((float)p, seed, offset, q_heads, b, h, row0, rows, col0, cols,
+                           keep.view.buf, ld);
+    msg = st == ATTN_OK ? "" : attn_last_error(NULL);
+    Py_END_ALLOW_THREADS
+    release(&keep);
+    if (st != ATTN_OK)
+        return raise_status(st, msg);
+    Py_RETURN_NONE;
+}
+
+/* merge(outs, lses, out, lse, masked_rows): attn_merge of the parts outs[i] (float32
+ * [B,H,L,D], contiguous last axis) and lses[i] (C-contiguous float32 [B,H,L]) into out
+ * (writable C-contiguous [B,H,L,D]) and lse (writable C-contiguous [B,H,L]). Returns None. */
+static PyObject *module_merge(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *oouts, *olses, *oout, *olse;
+    unsigned int masked_rows;
+    if (!PyArg_ParseTuple(args, "OOOOI:merge", &oouts, &olses, &oout, &olse, &masked_rows))
+        return NULL;
+    if (!PyList_Check(oouts) || !PyList_Check(olses) ||
+        PyList_GET_SIZE(oouts) != PyList_GET_SIZE(olses)) {
+        PyErr_SetString(PyExc_ValueError, "outs and lses must be lists of the same length");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(oouts);
+    if (n < 1 || n > UINT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "%zd parts: at least 1 is needed", n);
+        return NULL;
+    }
+    /* Hold references to the items: the lists may change while buffers are acquired. */
+    PyObject *items = PyTuple_New(2 * n);
+    tensor *ts = PyMem_Calloc((size_t)(2 * n + 2), sizeof *ts);
+    attn_merge_part *parts = PyMem_Calloc((size_t)n, sizeof *parts);
+    PyObject *result = NULL;
+    tensor *out = NULL, *lse = NULL;
+    if (!items || !ts || !parts) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *o = PyList_GET_ITEM(oouts, i), *l = PyList_GET_ITEM(olses, i);
+        Py_INCREF(o);
+        Py_INCREF(l);
+        PyTuple_SET_ITEM(items, 2 * i, o);
+        PyTuple_SET_ITEM(items, 2 * i + 1, l);
+    }
+    out = &ts[2 * n];
+    lse = &ts[2 * n + 1];
+    if (acquire(oout, "out", 4, ELEM_F32, 1, 1, out) ||
+        acquire(olse, "lse", 3, ELEM_F32, 1, 1, lse))
+        goto done;
+    const int64_t *w = out->shape;
+    for (int i = 0; i < 4; i++)
+        if (w[i] < 1 || w[i] > UINT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "out: every size must be in [1, 2**32 - 1]");
+            goto done;
+        }
+    if (check_shape(lse, "lse", 3, w, "out's (batch, heads, q_len)"))
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char name_o[48], name_l[48];
+        snprintf(name_o, sizeof name_o, "outs[%zd]", i);
+        snprintf(name_l, sizeof name_l, "lses[%zd]", i);
+        tensor *to = &ts[2 * i], *tl = &ts[2 * i + 1];
+        if (acquire(PyTuple_GET_ITEM(items, 2 * i), name_o, 4, ELEM_F32, 0, 0, to) ||
+            check_shape(to, name_o, 4, w, "(batch, heads, q_len, v_dim) of the merge") ||
+            acquire(PyTuple_GET_ITEM(items, 2 * i + 1), name_l, 3, ELEM_F32, 0, 1, tl) ||
+            check_shape(tl, name_l, 3, w, "(batch, heads, q_len) of the merge"))
+            goto done;
+        parts[i].out = to->view.buf;
+        parts[i].out_strides = strides_of(to);
+        parts[i].lse = tl->view.buf; /* C-contiguous: strides {0, 0, 0} */
+    }
+    attn_merge_args a;
+    attn_merge_args_init(&a);
+    a.n_parts = (uint32_t)n;
+    a.batch = (uint32_t)w[0];
+    a.heads = (uint32_t)w[1];
+    a.q_len = (uint32_t)w[2];
+    a.v_dim = (uint32_t)w[3];
+    a.masked_rows = masked_rows;
+    a.parts = parts;
+    a.out = out->view.buf; /* C-contiguous */
+    a.lse = lse->view.buf;
+    attn_status st;
+    const char *msg;
+    Py_BEGIN_ALLOW_THREADS
+    st = attn_merge(&a);
+    msg = st == ATTN_OK ? "" : attn_last_error(NULL);
+    Py_END_ALLOW_THREADS
+    if (st != ATTN_OK) {
+        raise_status(st, msg);
+        goto done;
+    }
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    if (ts)
+        for (Py_ssize_t i = 0; i < 2 * n + 2; i++)
+            release(&ts[i]);
+    PyMem_Free(ts);
+    PyMem_Free(parts);
+    Py_XDECREF(items);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
     {"_error", module_error, METH_VARARGS,
      "_error(status, message) -> the exception a call failing with that status raises"},
+    {"dropout_mask", module_dropout_mask, METH_VARARGS,
+     "dropout_mask(p, seed, offset, q_heads, batch, head, row0, rows, col0, cols, keep, ld)\n\n"
+     "attn_dropout_mask into the uint8 buffer keep"},
+    {"merge", module_merge, METH_VARARGS,
+     "merge(outs, lses, out, lse, masked_rows)\n\nattn_merge of the parts into out and lse"},
     {"kernel_isa", module_kernel_isa, METH_NOARGS,
      "kernel_isa() -> 'scalar' | 'avx2' | 'avx512': the softmax kernel variant in use"},
     {NULL, NULL, 0, NULL}};
@@ -540,7 +907,8 @@ static PyMethodDef module_methods[] = {
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "attn._attn",
-    .m_doc = "C core of the attn module: libattn's context and forward call on buffers.",
+    .m_doc = "C core of the attn module: libattn's context, forward and backward calls, "
+             "dropout mask and merge on buffers.",
     .m_size = -1,
     .m_methods = module_methods,
 };

@@ -16,7 +16,8 @@ import numpy as np
 
 from . import _attn
 
-__all__ = ["scaled_dot_product_attention", "Context", "Result", "kernel_isa", "__version__"]
+__all__ = ["scaled_dot_product_attention", "Context", "Result", "dropout_mask", "merge",
+           "kernel_isa", "__version__"]
 
 __version__ = _attn.version
 """Version of the libattn library loaded ("MAJOR.MINOR.PATCH")."""
@@ -32,6 +33,8 @@ entropy: [B, Hq, Lq] natural-log entropy of each row's weights, or None
 
 _WEIGHTS = {"none": 0, "per_head": 1, "head_mean": 2}
 _MASKED_ROWS = {"zero": 0, "nan": 1}
+_KV_DTYPES = {"f32": 0, "f16": 1, "bf16": 2}
+_OP_FORWARD, _OP_BACKWARD = 0x1, 0x2
 _LAYOUTS = ("bhsd", "bshd")
 _F32 = np.dtype(np.float32)
 
@@ -44,11 +47,11 @@ def kernel_isa():
 # ---- argument conversion ------------------------------------------------------------------
 
 
-def _fits_view(a, rows_axis):
-    """True if libattn can read the array in place: native float32, aligned, non-negative
-    strides that are whole elements, a contiguous last axis and (for Q/K/V, rows_axis given)
-    rows that do not overlap. Strides of length-1 axes never matter."""
-    if a.dtype != _F32 or not a.flags.aligned:
+def _fits_view(a, rows_axis, dtype=_F32):
+    """True if libattn can read the array in place: native `dtype` (float32 unless told),
+    aligned, non-negative strides that are whole elements, a contiguous last axis and (for
+    Q/K/V, rows_axis given) rows that do not overlap. Strides of length-1 axes never matter."""
+    if a.dtype != dtype or not a.flags.aligned:
         return False
     item = a.itemsize
     for axis, (n, s) in enumerate(zip(a.shape, a.strides)):
@@ -75,6 +78,37 @@ def _float_input(x, name, rows_axis=None):
     if not _fits_view(a, rows_axis):
         a = np.array(a, dtype=np.float32, order="C")  # always a new, aligned array
     return a
+
+
+def _kv_input(x, name, rows_axis, kv_dtype):
+    """K or V in the context's storage type: float32 as _float_input; "f16": float16 arrays in
+    place (other floating dtypes are rounded to float16 in one copy); "bf16": uint16 arrays
+    holding bfloat16 bits (numpy has no bfloat16), in place when they fit."""
+    if kv_dtype == "f32":
+        return _float_input(x, name, rows_axis)
+    a = np.asarray(x)
+    if kv_dtype == "f16":
+        if a.dtype.kind != "f":
+            raise ValueError(f"{name}: expected a floating-point array for kv_dtype 'f16' "
+                             f"(float16 is used in place), got dtype {a.dtype}")
+        want = np.dtype(np.float16)
+    else:
+        if a.dtype != np.uint16:
+            raise ValueError(f"{name}: expected a uint16 array of bfloat16 bits for kv_dtype "
+                             f"'bf16', got dtype {a.dtype}")
+        want = np.dtype(np.uint16)
+    if not _fits_view(a, rows_axis, want):
+        a = np.array(a, dtype=want, order="C")
+    return a
+
+
+def _sum_to(g, shape):
+    """The gradient g of a broadcast operand, summed back to the operand's own shape."""
+    target = (1,) * (g.ndim - len(shape)) + tuple(shape)
+    for axis in range(g.ndim):
+        if target[axis] == 1 and g.shape[axis] != 1:
+            g = g.sum(axis, keepdims=True)
+    return np.array(np.broadcast_to(g, target), np.float32, order="C").reshape(shape)
 
 
 def _int_arg(x, name, lo, hi):
@@ -172,12 +206,17 @@ class Context:
     """One libattn context for repeated calls with the same heads, dims and structured masks.
 
     Context(q_heads, kv_heads=None, qk_dim=64, v_dim=None, *, scale=None, causal=False,
-            window=None, masked_rows="zero", threads=None)
+            window=None, masked_rows="zero", threads=None, dropout=0.0, kv_dtype="f32",
+            backward=False)
 
     kv_heads defaults to q_heads and must divide it (grouped-query attention); v_dim defaults
     to qk_dim; scale None = 1/sqrt(qk_dim); window (left, right) limits row i to the keys
     i + q_offset - left .. i + q_offset + right (None on a side: unbounded); masked_rows "zero"
     or "nan" for rows that see no key; threads None = every processor this process may use.
+    dropout: attention dropout probability p, 0 <= p < 1 (the mask of dropout_mask(), keyed by
+    each call's dropout_seed and dropout_offset). kv_dtype: how K and V are stored, "f32",
+    "f16" (numpy float16) or "bf16" (numpy uint16 holding bfloat16 bits). backward: also
+    reserve the workspace of backward() (a forward-only context refuses backward calls).
 
     The context (its workspace and worker threads) is created once. It is used by one call at
     a time: calls from several Python threads on one Context take turns (an internal lock);
@@ -186,7 +225,8 @@ class Context:
     """
 
     def __init__(self, q_heads, kv_heads=None, qk_dim=64, v_dim=None, *, scale=None,
-                 causal=False, window=None, masked_rows="zero", threads=None):
+                 causal=False, window=None, masked_rows="zero", threads=None, dropout=0.0,
+                 kv_dtype="f32", backward=False):
         # Ranges that fit the C fields; libattn checks the values (and names the bound broken).
         q_heads = _int_arg(q_heads, "q_heads", 0, 2**32 - 1)
         kv_heads = q_heads if kv_heads is None else _int_arg(kv_heads, "kv_heads", 0, 2**32 - 1)
@@ -201,6 +241,11 @@ class Context:
                                  "1/sqrt(qk_dim)); pass None for that default")
             if not abs(scale_c) <= float(np.finfo(np.float32).max):
                 raise ValueError(f"scale = {scale!r} is not finite in float32")
+        try:
+            dropout_c = float(dropout)
+        except (TypeError, ValueError):
+            raise ValueError(f"dropout = {dropout!r} must be a number in [0, 1)") from None
+        kv_code = _choice(kv_dtype, "kv_dtype", _KV_DTYPES)
         left, right = _window(window)
         threads_c = 0 if threads is None else _int_arg(threads, "threads", 0, 2**32 - 1)
         self.q_heads, self.kv_heads, self.qk_dim, self.v_dim = q_heads, kv_heads, qk_dim, v_dim
@@ -209,15 +254,21 @@ class Context:
         self.window = (None if left < 0 else left, None if right < 0 else right)
         self.masked_rows = masked_rows
         self.threads = threads
+        self.dropout = dropout_c
+        self.kv_dtype = kv_dtype
+        self.backward_enabled = bool(backward)
+        ops = _OP_FORWARD | (_OP_BACKWARD if backward else 0)
         self._core = _attn.Context(q_heads, kv_heads, qk_dim, v_dim, scale_c, self.causal,
                                    left, right, _choice(masked_rows, "masked_rows", _MASKED_ROWS),
-                                   threads_c)
+                                   threads_c, ops, dropout_c, kv_code)
 
     def __repr__(self):
         return (f"attn.Context(q_heads={self.q_heads}, kv_heads={self.kv_heads}, "
                 f"qk_dim={self.qk_dim}, v_dim={self.v_dim}, scale={self.scale!r}, "
                 f"causal={self.causal}, window={self.window}, "
-                f"masked_rows={self.masked_rows!r}, threads={self.threads})")
+                f"masked_rows={self.masked_rows!r}, threads={self.threads}, "
+                f"dropout={self.dropout!r}, kv_dtype={self.kv_dtype!r}, "
+                f"backward={self.backward_enabled})")
 
     def close(self):
         """Releases the C context (waits for a call in progress); later calls raise."""
@@ -233,31 +284,19 @@ class Context:
     def __exit__(self, *exc):
         self.close()
 
-    def forward(self, q, k, v, attn_mask=None, *, layout="bhsd", kv_lens=None, q_offset=None,
-                bias=None, weights="none", return_lse=False, return_entropy=False):
-        """Attention of q over k and v with this context's heads, dims and options.
-
-        q [B, Hq, Lq, Dk], k [B, Hkv, Lk, Dk], v [B, Hkv, Lk, Dv] for layout="bhsd";
-        [B, L, H, D] for "bshd"; 3-D arrays (no B) are a batch of one. k and v may have a
-        batch of 1, shared by every batch of q.
-        attn_mask, bias: broadcastable to [B, Hq, Lq, Lk] whatever the layout; a bool
-        attn_mask keeps the keys where it is True, a float one is added to the scores, as
-        bias is. kv_lens: B key counts (key j of batch b visible only if j < kv_lens[b]).
-        q_offset: position of query row 0 on the key axis, for causal and window; None =
-        Lk - Lq (the last query sees the last key). weights: "none", "per_head" or
-        "head_mean". Returns out, or a Result(out, weights, lse, entropy) when weights, lse
-        or entropy is asked for (the ones not asked for are None).
-        """
+    def _prepare(self, q, k, v, attn_mask, layout, kv_lens, q_offset, bias):
+        """Checks and converts the inputs a forward and a backward call share. Returns a dict:
+        logical [B, H, L, D] views q, k, v (k and v broadcast to q's batch), the mask, bias,
+        kv_lens and q_offset for the C core, and what is needed to shape the outputs."""
         layout = _choice(layout, "layout", {name: name for name in _LAYOUTS})
-        weights_mode = _choice(weights, "weights", _WEIGHTS)
         ndim = np.ndim(q)
         if ndim not in (3, 4) or np.ndim(k) != ndim or np.ndim(v) != ndim:
             raise ValueError(f"q, k and v must all be 4-D [B, H, L, D] (or [B, L, H, D]) or all "
                              f"3-D without B; got {np.ndim(q)}-D, {np.ndim(k)}-D, {np.ndim(v)}-D")
         seq_axis = ndim - 2 if layout == "bhsd" else ndim - 3
         q = _float_input(q, "q", seq_axis)
-        k = _float_input(k, "k", seq_axis)
-        v = _float_input(v, "v", seq_axis)
+        k = _kv_input(k, "k", seq_axis, self.kv_dtype)
+        v = _kv_input(v, "v", seq_axis, self.kv_dtype)
         if ndim == 3:
             q, k, v = q[np.newaxis], k[np.newaxis], v[np.newaxis]
         # Logical [B, H, L, D] views: for bshd only the strides are permuted.
@@ -294,7 +333,8 @@ class Context:
             if want != got:
                 raise ValueError(f"the arrays have {what} = {got}, this Context was made for "
                                  f"{want}: {self!r}")
-        if k.shape[0] != B:  # one K/V for the whole batch: a zero batch stride
+        kv_batch = k.shape[0]
+        if kv_batch != B:  # one K/V for the whole batch: a zero batch stride
             k = np.broadcast_to(k, (B,) + k.shape[1:])
             v = np.broadcast_to(v, (B,) + v.shape[1:])
 
@@ -320,13 +360,45 @@ class Context:
         offset = None
         if q_offset is not None:
             offset = _int_arg(q_offset, "q_offset", -2**63 + 1, 2**63 - 1)  # libattn checks it
+        return {"layout": layout, "ndim": ndim, "seq_axis": seq_axis, "q": q, "k": k, "v": v,
+                "B": B, "Hq": Hq, "Hkv": Hkv, "Lq": Lq, "Lk": Lk, "Dk": Dk, "Dv": Dv,
+                "kv_batch": kv_batch, "mask": mask_view, "bias": bias_view, "kv_lens": lens,
+                "q_offset": offset, "names": names}
 
+    @staticmethod
+    def _new_output(shape, layout):
+        """A new float32 array in the caller's layout and its logical [B, H, L, D] view."""
+        B, H, L, D = shape
         if layout == "bhsd":
-            out = np.empty((B, Hq, Lq, Dv), np.float32)
-            out_view = out
-        else:
-            out = np.empty((B, Lq, Hq, Dv), np.float32)
-            out_view = out.transpose(0, 2, 1, 3)
+            a = np.empty((B, H, L, D), np.float32)
+            return a, a
+        a = np.empty((B, L, H, D), np.float32)
+        return a, a.transpose(0, 2, 1, 3)
+
+    def forward(self, q, k, v, attn_mask=None, *, layout="bhsd", kv_lens=None, q_offset=None,
+                bias=None, weights="none", return_lse=False, return_entropy=False,
+                dropout_seed=0, dropout_offset=0):
+        """Attention of q over k and v with this context's heads, dims and options.
+
+        q [B, Hq, Lq, Dk], k [B, Hkv, Lk, Dk], v [B, Hkv, Lk, Dv] for layout="bhsd";
+        [B, L, H, D] for "bshd"; 3-D arrays (no B) are a batch of one. k and v may have a
+        batch of 1, shared by every batch of q; their dtype follows the context's kv_dtype.
+        attn_mask, bias: broadcastable to [B, Hq, Lq, Lk] whatever the layout; a bool
+        attn_mask keeps the keys where it is True, a float one is added to the scores, as
+        bias is. kv_lens: B key counts (key j of batch b visible only if j < kv_lens[b]).
+        q_offset: position of query row 0 on the key axis, for causal and window; None =
+        Lk - Lq (the last query sees the last key). weights: "none", "per_head" or
+        "head_mean". dropout_seed (0 .. 2**64 - 1) and dropout_offset (0 .. 2**32 - 1) select
+        the dropout mask when the context has dropout (ignored otherwise). Returns out, or a
+        Result(out, weights, lse, entropy) when weights, lse or entropy is asked for (the ones
+        not asked for are None).
+        """
+        weights_mode = _choice(weights, "weights", _WEIGHTS)
+        seed = _int_arg(dropout_seed, "dropout_seed", 0, 2**64 - 1)
+        doff = _int_arg(dropout_offset, "dropout_offset", 0, 2**32 - 1)
+        p = self._prepare(q, k, v, attn_mask, layout, kv_lens, q_offset, bias)
+        B, Hq, Lq, Lk, Dv = p["B"], p["Hq"], p["Lq"], p["Lk"], p["Dv"]
+        out, out_view = self._new_output((B, Hq, Lq, Dv), p["layout"])
         w = None
         if weights_mode == 1:
             w = np.empty((B, Hq, Lq, Lk), np.float32)
@@ -335,15 +407,170 @@ class Context:
         lse = np.empty((B, Hq, Lq), np.float32) if return_lse else None
         ent = np.empty((B, Hq, Lq), np.float32) if return_entropy else None
 
-        self._core.forward(q, k, v, out_view, offset, lens, mask_view, bias_view, weights_mode,
-                           w, lse, ent)
+        self._core.forward(p["q"], p["k"], p["v"], out_view, p["q_offset"], p["kv_lens"],
+                           p["mask"], p["bias"], weights_mode, w, lse, ent, seed, doff)
 
-        if ndim == 3:
+        if p["ndim"] == 3:
             out = out[0]
             w, lse, ent = (None if x is None else x[0] for x in (w, lse, ent))
         if w is None and lse is None and ent is None:
             return out
         return Result(out, w, lse, ent)
+
+    def backward(self, q, k, v, out, dout, lse, attn_mask=None, *, layout="bhsd",
+                 kv_lens=None, q_offset=None, bias=None, dropout_seed=0, dropout_offset=0,
+                 need_dbias=False):
+        """Gradients of a loss with respect to q, k, v (and the bias) from dout = dloss/dout.
+
+        q, k, v, attn_mask, layout, kv_lens, q_offset, bias, dropout_seed, dropout_offset: the
+        forward call's (the context must be made with backward=True). out and dout: the
+        forward's output and the gradient at it, in q's layout; lse: the forward's lse
+        ([B, Hq, Lq], from return_lse=True). Returns (dq, dk, dv), new float32 arrays in the
+        layouts and shapes of q, k and v (a k shared by the whole batch gets the gradient
+        summed over the batch), plus dbias with need_dbias=True: the gradient of the bias (of
+        a floating attn_mask when no bias is given), in that array's own shape.
+        """
+        seed = _int_arg(dropout_seed, "dropout_seed", 0, 2**64 - 1)
+        doff = _int_arg(dropout_offset, "dropout_offset", 0, 2**32 - 1)
+        p = self._prepare(q, k, v, attn_mask, layout, kv_lens, q_offset, bias)
+        B, Hq, Hkv, Lq, Lk, Dk, Dv = (p[x] for x in ("B", "Hq", "Hkv", "Lq", "Lk", "Dk", "Dv"))
+        ndim, lay = p["ndim"], p["layout"]
+        grad_of = None
+        if need_dbias:
+            if bias is not None:
+                grad_of = np.shape(bias)
+            elif attn_mask is not None and np.asarray(attn_mask).dtype.kind == "f":
+                grad_of = np.shape(attn_mask)
+            else:
+                raise ValueError("need_dbias: no bias (or floating attn_mask) was given")
+
+        def logical(x, name):
+            if np.ndim(x) != ndim:
+                raise ValueError(f"{name}: {np.ndim(x)}-D, expected {ndim}-D like q")
+            a = _float_input(x, name, p["seq_axis"])
+            if ndim == 3:
+                a = a[np.newaxis]
+            if lay == "bshd":
+                a = a.transpose(0, 2, 1, 3)
+            if a.shape != (B, Hq, Lq, Dv):
+                want = (B, Hq, Lq, Dv) if lay == "bhsd" else (B, Lq, Hq, Dv)
+                raise ValueError(f"{name}: shape {np.shape(x)}, expected "
+                                 f"{want[1:] if ndim == 3 else want} {p['names']}")
+            return a
+
+        out_l = logical(out, "out")
+        dout_l = logical(dout, "dout")
+        lse_a = np.asarray(lse)
+        if lse_a.dtype.kind != "f":
+            raise ValueError(f"lse: expected a floating-point array, got dtype {lse_a.dtype}")
+        want = (B, Hq, Lq) if ndim == 4 else (Hq, Lq)
+        if lse_a.shape != want:
+            raise ValueError(f"lse: shape {lse_a.shape}, expected {want} (B, Hq, Lq)"
+                             if ndim == 4 else f"lse: shape {lse_a.shape}, expected {want} "
+                             "(Hq, Lq)")
+        lse_a = np.ascontiguousarray(lse_a.reshape((B, Hq, Lq)), dtype=np.float32)
+
+        dq, dq_view = self._new_output((B, Hq, Lq, Dk), lay)
+        dk, dk_view = self._new_output((B, Hkv, Lk, Dk), lay)
+        dv, dv_view = self._new_output((B, Hkv, Lk, Dv), lay)
+        dbias = None
+        if grad_of is not None:
+            bv = p["bias"]
+            target = (1,) * (4 - len(grad_of)) + tuple(grad_of)
+            if any(target[i] > 1 and bv.strides[i] == 0 for i in range(3)):
+                # a broadcast view given as the bias: libattn would sum its gradient over the
+                # shared memory; each element of the view needs its own
+                bv = p["bias"] = np.array(bv, order="C")
+            dshape = tuple(1 if bv.shape[i] == 1 or bv.strides[i] == 0 else bv.shape[i]
+                           for i in range(3)) + (Lk,)
+            dbias = np.empty(dshape, np.float32)
+
+        self._core.backward(p["q"], p["k"], p["v"], out_l, dout_l, lse_a, dq_view, dk_view,
+                            dv_view, p["q_offset"], p["kv_lens"], p["mask"], p["bias"], dbias,
+                            seed, doff)
+
+        if p["kv_batch"] != B:  # k and v were shared by the batch: so is their gradient
+            dk = dk.sum(0, keepdims=True, dtype=np.float32)
+            dv = dv.sum(0, keepdims=True, dtype=np.float32)
+        if ndim == 3:
+            dq, dk, dv = dq[0], dk[0], dv[0]
+        if dbias is None:
+            return dq, dk, dv
+        return dq, dk, dv, _sum_to(dbias if ndim == 4 else dbias[0], grad_of)
+
+
+# ---- dropout mask and merge ---------------------------------------------------------------
+
+
+def dropout_mask(p, seed, offset, q_heads, batch, head, rows, cols, row0=0, col0=0):
+    """libattn's attention-dropout keep-mask for one (batch, head) and a block of positions.
+
+    Returns a new uint8 array [rows, cols]: element [r, c] is 1 if weight (batch, head,
+    row0 + r, col0 + c) is kept under dropout probability p with this seed (0 .. 2**64 - 1)
+    and offset (0 .. 2**32 - 1), 0 if it is dropped. q_heads is the problem's query head
+    count. This is the mask Context.forward applies with dropout=p, dropout_seed=seed and
+    dropout_offset=offset (kept weights are scaled by 1 / (1 - p) there).
+    """
+    try:
+        p_c = float(p)
+    except (TypeError, ValueError):
+        raise ValueError(f"p = {p!r} must be a number in [0, 1)") from None
+    seed = _int_arg(seed, "seed", 0, 2**64 - 1)
+    offset = _int_arg(offset, "offset", 0, 2**32 - 1)
+    q_heads = _int_arg(q_heads, "q_heads", 0, 2**32 - 1)
+    batch = _int_arg(batch, "batch", 0, 2**32 - 1)
+    head = _int_arg(head, "head", 0, 2**32 - 1)
+    rows = _int_arg(rows, "rows", -2**63, 2**63 - 1)
+    cols = _int_arg(cols, "cols", -2**63, 2**63 - 1)
+    row0 = _int_arg(row0, "row0", -2**63, 2**63 - 1)
+    col0 = _int_arg(col0, "col0", -2**63, 2**63 - 1)
+    if 1 <= rows <= 2**32 and 1 <= cols <= 2**32:
+        keep = np.empty(rows * cols, np.uint8)
+    else:
+        keep = np.empty(1, np.uint8)  # libattn refuses these sizes (and names the bound)
+    _attn.dropout_mask(p_c, seed, offset, q_heads, batch, head, row0, rows, col0, cols, keep,
+                       cols)
+    return keep.reshape(rows, cols)
+
+
+def merge(outs, lses, *, masked_rows="zero"):
+    """Combines partial attention results over disjoint key sets into the result over their
+    union: outs[i] [B, H, L, D] and lses[i] [B, H, L] (or all without B) as
+    Context.forward(..., return_lse=True) gives them. Returns (out, lse), new float32 arrays.
+    A row no part saw a key for gets out 0 ("zero") or NaN ("nan") and lse -inf.
+    """
+    mr = _choice(masked_rows, "masked_rows", _MASKED_ROWS)
+    outs, lses = list(outs), list(lses)
+    if len(outs) != len(lses):
+        raise ValueError(f"{len(outs)} outs and {len(lses)} lses: one lse per part")
+    if not outs:
+        raise ValueError("no parts to merge")
+    ndim = np.ndim(outs[0])
+    if ndim not in (3, 4):
+        raise ValueError(f"outs[0]: {ndim}-D, expected [B, H, L, D] or [H, L, D]")
+    o_views, l_views = [], []
+    for i, (o, lse) in enumerate(zip(outs, lses)):
+        if np.ndim(o) != ndim or np.ndim(lse) != ndim - 1:
+            raise ValueError(f"part {i}: outs[{i}] is {np.ndim(o)}-D and lses[{i}] "
+                             f"{np.ndim(lse)}-D, expected {ndim}-D and {ndim - 1}-D like part 0")
+        o = _float_input(o, f"outs[{i}]")
+        la = np.asarray(lse)
+        if la.dtype.kind != "f":
+            raise ValueError(f"lses[{i}]: expected a floating-point array, got dtype {la.dtype}")
+        la = np.ascontiguousarray(la, dtype=np.float32)
+        if ndim == 3:
+            o, la = o[np.newaxis], la[np.newaxis]
+        o_views.append(o)
+        l_views.append(la)
+    shape = o_views[0].shape
+    if 0 in shape:
+        raise ValueError(f"outs[0]: shape {np.shape(outs[0])} has a zero size")
+    out = np.empty(shape, np.float32)
+    lse = np.empty(shape[:3], np.float32)
+    _attn.merge(o_views, l_views, out, lse, mr)
+    if ndim == 3:
+        return out[0], lse[0]
+    return out, lse
 
 
 # ---- the PyTorch-style function -----------------------------------------------------------

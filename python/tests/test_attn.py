@@ -150,6 +150,23 @@ class Case(unittest.TestCase):
             else:
                 self.assertIsNone(res.entropy)
 
+    def check_grads(self, got, ref, what, dbias_shape=None):
+        dq, dk, dv = got[:3]
+        for name, x in (("dq", dq), ("dk", dk), ("dv", dv)):
+            self.assertEqual(x.dtype, np.float32, name)
+            self.assert_close(x, ref[name], ref["tol_" + name], f"{what}: {name}")
+        if dbias_shape is not None:
+            self.assertEqual(len(got), 4)
+            tol = ref["tol_dbias"]
+            self.assertEqual(got[3].shape, tuple(dbias_shape), "dbias: the bias's own shape")
+            dbias_shape = (1,) * (4 - len(dbias_shape)) + tuple(dbias_shape)
+            # summed over the bias's broadcast axes, as the gradient of the bias itself
+            axes = tuple(a for a in range(4) if dbias_shape[a] == 1 and ref["dbias"].shape[a] > 1)
+            self.assert_close(got[3].reshape(dbias_shape), ref["dbias"].sum(axes, keepdims=True),
+                              tol.sum(axes, keepdims=True), f"{what}: dbias")
+        else:
+            self.assertEqual(len(got), 3)
+
 
 def rand(rng, *shape, amp=1.0):
     return (amp * rng.standard_normal(shape)).astype(np.float32)
@@ -538,6 +555,469 @@ class TestContext(Case):
                 np.testing.assert_array_equal(got.lse, want.lse)
 
 
+# ---- backward, dropout, 16-bit K/V and merge -----------------------------------------------
+
+
+def reference_grad(q, k, v, dout, *, scale=None, causal=False, q_offset=None,
+                   window=(None, None), kv_lens=None, mask=None, bias=None, keep=None, p=0.0):
+    """Forward and backward of attention in float64 on logical [B, H, L, D] arrays, written
+    out from the definition: P = softmax(scale q kᵀ + bias) over the visible keys,
+    out = (P ∘ keep / (1 - p)) v, and the chain rule through each step. keep: the dropout
+    keep-mask [B, Hq, Lq, Lk] (None = no dropout). Returns out, lse, the weights after dropout,
+    dq, dk, dv (summed over the query heads sharing a kv head), dbias ([B, Hq, Lq, Lk]) and,
+    for each gradient, a float32 tolerance tol_* from the same products on absolute values."""
+    q, k, v, dout = (np.asarray(x, np.float64) for x in (q, k, v, dout))
+    B, Hq, Lq, Dk = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    g = Hq // Hkv
+    kk, vv = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
+    scale = 1.0 / np.sqrt(Dk) if scale is None else float(scale)
+    bias = np.zeros((B, Hq, Lq, Lk)) if bias is None else \
+        np.broadcast_to(np.asarray(bias, np.float64), (B, Hq, Lq, Lk))
+    s = scale * (q @ kk.swapaxes(-1, -2)) + bias
+    off = Lk - Lq if q_offset is None else q_offset
+    i, j = np.arange(Lq)[:, None], np.arange(Lk)[None, :]
+    vis = np.ones((B, Hq, Lq, Lk), bool)
+    if causal:
+        vis &= j <= i + off
+    if window[0] is not None:
+        vis &= j >= i + off - window[0]
+    if window[1] is not None:
+        vis &= j <= i + off + window[1]
+    if kv_lens is not None:
+        vis &= j[None, None] < np.asarray(kv_lens)[:, None, None, None]
+    if mask is not None:
+        vis &= np.broadcast_to(np.asarray(mask).astype(bool), vis.shape)
+    vis &= bias != -np.inf
+    s = np.where(vis, s, -np.inf)
+    empty = ~vis.any(-1)
+    m = np.where(empty, 0.0, s.max(-1, initial=-np.inf))
+    e = np.where(vis, np.exp(s - m[..., None]), 0.0)
+    z = np.where(empty, 1.0, e.sum(-1))
+    P = e / z[..., None]
+    lse = np.where(empty, -np.inf, m + np.log(z))
+    drop = np.ones_like(P) if keep is None else np.asarray(keep, np.float64) / (1.0 - p)
+    Pd = P * drop
+    out = Pd @ vv
+    dv = Pd.swapaxes(-1, -2) @ dout                          # per query head
+    dP = (dout @ vv.swapaxes(-1, -2)) * drop
+    dS = P * (dP - (dout * out).sum(-1, keepdims=True))
+    dq = scale * dS @ kk
+    dk = scale * dS.swapaxes(-1, -2) @ q
+
+    def per_kv_head(x):
+        return x.reshape(B, Hkv, g, Lk, x.shape[-1]).sum(2)
+
+    # Bounds: the same products on absolute values, times the rounding of sums of up to
+    # Lq·g + Lk + D terms and the relative error of the weights (scores of size |s|).
+    sa = np.where(vis, np.abs(s), 0.0).max(-1, keepdims=True)
+    rel = (4 * (Lk + Dk + 16) * (1 + sa) + 4 * (Lq * g + 16)) * U
+    dP_abs = (np.abs(dout) @ np.abs(vv).swapaxes(-1, -2)) * drop
+    dS_abs = rel * P * (dP_abs + (np.abs(dout) * (np.abs(Pd) @ np.abs(vv))).sum(-1,
+                                                                                  keepdims=True))
+    tiny = 1e-30
+    return {"out": out, "lse": lse, "weights": Pd, "dq": dq, "dk": per_kv_head(dk),
+            "dv": per_kv_head(dv), "dbias": dS,
+            "tol_out": 2 * rel * (np.abs(Pd) @ np.abs(vv)) + tiny,
+            "tol_dv": per_kv_head(2 * (rel * np.abs(Pd)).swapaxes(-1, -2) @ np.abs(dout)) + tiny,
+            "tol_dq": 2 * abs(scale) * dS_abs @ np.abs(kk) + tiny,
+            "tol_dk": per_kv_head(2 * abs(scale) * dS_abs.swapaxes(-1, -2) @ np.abs(q)) + tiny,
+            "tol_dbias": 2 * dS_abs + tiny}
+
+
+def philox4x32_10(ctr, key):
+    """Philox4x32-10 (Random123's definition) on Python integers."""
+    c0, c1, c2, c3 = ctr
+    k0, k1 = key
+    mask = 0xFFFFFFFF
+    for r in range(10):
+        if r:
+            k0, k1 = (k0 + 0x9E3779B9) & mask, (k1 + 0xBB67AE85) & mask
+        p0, p1 = 0xD2511F53 * c0, 0xCD9E8D57 * c2
+        c0, c1, c2, c3 = (p1 >> 32) ^ c1 ^ k0, p1 & mask, (p0 >> 32) ^ c3 ^ k1, p0 & mask
+    return c0, c1, c2, c3
+
+
+def keep_mask(p, seed, offset, q_heads, b, h, rows, cols, row0=0, col0=0):
+    """The pinned dropout keep-mask of docs/guide.md, element by element."""
+    threshold = int(float(np.float32(p)) * 2**32)
+    keep = np.empty((rows, cols), np.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            i, j = row0 + r, col0 + c
+            words = philox4x32_10((j // 4 % 2**32, i, (b * q_heads + h) % 2**32, offset),
+                                  (seed % 2**32, seed >> 32))
+            keep[r, c] = words[j % 4] >= threshold
+    return keep
+
+
+def full_keep(p, seed, offset, B, Hq, Lq, Lk):
+    """[B, Hq, Lq, Lk] keep-mask from attn.dropout_mask, one (batch, head) at a time."""
+    return np.stack([np.stack([attn.dropout_mask(p, seed, offset, Hq, b, h, Lq, Lk)
+                               for h in range(Hq)]) for b in range(B)])
+
+
+def widen_bf16(bits):
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+class TestBackward(Case):
+    def test_against_reference(self):
+        rng = np.random.default_rng(40)
+        cases = [
+            dict(),
+            dict(causal=True),
+            dict(causal=True, window=(3, 1), q_offset=2),
+            dict(kv_lens=[9, 4]),
+            dict(mask=rng.random((2, 4, 6, 9)) < 0.7),
+            dict(bias=rand(rng, 6, 9), dbias=True),
+            dict(bias=rand(rng, 2, 1, 6, 9), causal=True, dbias=True),
+            dict(bias=rand(rng, 4, 1, 9), kv_lens=[3, 9], dbias=True),
+            dict(bias=rand(rng, 6, 1), dbias=True),  # along the keys: materialised, summed back
+            dict(mask=np.zeros((6, 9), bool) | (np.arange(6)[:, None] > 1)),  # empty rows
+        ]
+        for layout in ("bhsd", "bshd"):
+            for case in cases:
+                case = dict(case)
+                need_dbias = case.pop("dbias", False)
+                q, k, v = rand(rng, 2, 4, 6, 8), rand(rng, 2, 2, 9, 8), rand(rng, 2, 2, 9, 5)
+                dout = rand(rng, 2, 4, 6, 5)
+                with self.subTest(layout=layout, **{x: case[x] for x in case
+                                                    if x in ("causal", "window", "kv_lens")}):
+                    ctx = attn.Context(4, 2, 8, 5, causal=case.get("causal", False),
+                                       window=case.get("window"), backward=True, threads=2)
+                    call = dict(layout=layout, kv_lens=case.get("kv_lens"),
+                                q_offset=case.get("q_offset"), bias=case.get("bias"))
+                    ql, kl, vl, dl = (to_layout(x, layout) for x in (q, k, v, dout))
+                    res = ctx.forward(ql, kl, vl, case.get("mask"), return_lse=True, **call)
+                    got = ctx.backward(ql, kl, vl, res.out, dl, res.lse, case.get("mask"),
+                                       need_dbias=need_dbias, **call)
+                    if layout == "bshd":
+                        got = tuple(x.transpose(0, 2, 1, 3) for x in got[:3]) + got[3:]
+                    ref = reference_grad(q, k, v, dout, **{x: case[x] for x in case
+                                                           if x != "dbias"})
+                    self.check_grads(got, ref, str(case.keys()),
+                                     np.shape(case["bias"]) if need_dbias else None)
+
+    def test_three_dimensional_and_shared_kv(self):
+        rng = np.random.default_rng(41)
+        ctx = attn.Context(2, 1, 4, backward=True)
+        q, k, v, dout = rand(rng, 2, 5, 4), rand(rng, 1, 7, 4), rand(rng, 1, 7, 4), \
+            rand(rng, 2, 5, 4)
+        res = ctx.forward(q, k, v, return_lse=True)
+        got = ctx.backward(q, k, v, res.out, dout, res.lse)
+        self.assertEqual([x.shape for x in got], [(2, 5, 4), (1, 7, 4), (1, 7, 4)])
+        ref = reference_grad(q[None], k[None], v[None], dout[None])
+        self.check_grads(tuple(x[None] for x in got), ref, "3-D")
+        # one K/V for a batch of 3: its gradient sums over the batch
+        q3, d3 = rand(rng, 3, 2, 5, 4), rand(rng, 3, 2, 5, 4)
+        res = ctx.forward(q3, k[None], v[None], return_lse=True)
+        got = ctx.backward(q3, k[None], v[None], res.out, d3, res.lse)
+        self.assertEqual(got[1].shape, (1, 1, 7, 4))
+        kb, vb = np.broadcast_to(k, (3, 1, 7, 4)), np.broadcast_to(v, (3, 1, 7, 4))
+        ref = reference_grad(q3, kb, vb, d3)
+        for name in ("dk", "dv"):
+            ref[name] = ref[name].sum(0, keepdims=True)
+            ref["tol_" + name] = ref["tol_" + name].sum(0, keepdims=True)
+        self.check_grads(got, ref, "shared K/V")
+
+    @unittest.skipIf(torch is None, "PyTorch is not installed (Debian: python3-torch)")
+    def test_against_pytorch_autograd(self):
+        """The float64 reference above and libattn's gradients both agree with PyTorch's
+        autograd in float64 (GQA, causal, a bias whose gradient is asked for)."""
+        rng = np.random.default_rng(42)
+        q, k, v, dout = rand(rng, 2, 4, 6, 8), rand(rng, 2, 2, 9, 8), rand(rng, 2, 2, 9, 5), \
+            rand(rng, 2, 4, 6, 5)
+        bias = rand(rng, 1, 4, 6, 9)
+        tq, tk, tv, tb = (torch.tensor(np.asarray(x, np.float64), requires_grad=True)
+                          for x in (q, k, v, bias))
+        s = tq @ tk.repeat_interleave(2, dim=1).transpose(-1, -2) / np.sqrt(8) + tb
+        causal = torch.ones(6, 9, dtype=torch.bool).tril(diagonal=3)
+        s = s.masked_fill(~causal, float("-inf"))
+        out = torch.softmax(s, -1) @ tv.repeat_interleave(2, dim=1)
+        out.backward(torch.from_numpy(np.asarray(dout, np.float64)))
+        want = {"dq": tq.grad.numpy(), "dk": tk.grad.numpy(), "dv": tv.grad.numpy(),
+                "dbias": tb.grad.numpy()}
+        ref = reference_grad(q, k, v, dout, causal=True, bias=bias)
+        for name in ("dq", "dk", "dv"):
+            np.testing.assert_allclose(ref[name], want[name], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(ref["dbias"].sum(0, keepdims=True), want["dbias"],
+                                   rtol=1e-12, atol=1e-12)
+        ctx = attn.Context(4, 2, 8, 5, causal=True, backward=True)
+        res = ctx.forward(q, k, v, bias=bias, return_lse=True)
+        got = ctx.backward(q, k, v, res.out, dout, res.lse, bias=bias, need_dbias=True)
+        for name, x in zip(("dq", "dk", "dv", "dbias"), got):
+            tol = ref["tol_" + name]
+            if name == "dbias":
+                tol = tol.sum(0, keepdims=True)
+            self.assert_close(x, want[name], tol, f"against autograd: {name}")
+
+    def test_gradient_of_a_broadcast_view_bias(self):
+        """A bias passed as a numpy broadcast view has one gradient per element of the view,
+        not one per element of the memory behind it."""
+        rng = np.random.default_rng(49)
+        q, k, v, dout = rand(rng, 2, 2, 3, 4), rand(rng, 2, 2, 5, 4), rand(rng, 2, 2, 5, 4), \
+            rand(rng, 2, 2, 3, 4)
+        bias = np.broadcast_to(rand(rng, 3, 5), (2, 3, 5))
+        ctx = attn.Context(2, 2, 4, backward=True)
+        res = ctx.forward(q, k, v, bias=bias, return_lse=True)
+        got = ctx.backward(q, k, v, res.out, dout, res.lse, bias=bias, need_dbias=True)
+        ref = reference_grad(q, k, v, dout, bias=bias)
+        self.check_grads(got, ref, "broadcast view", (2, 3, 5))
+
+    def test_float_attn_mask_gradient(self):
+        rng = np.random.default_rng(43)
+        q, k, v, dout = rand(rng, 1, 2, 3, 4), rand(rng, 1, 2, 5, 4), rand(rng, 1, 2, 5, 4), \
+            rand(rng, 1, 2, 3, 4)
+        fm = rand(rng, 3, 5)
+        ctx = attn.Context(2, 2, 4, backward=True)
+        res = ctx.forward(q, k, v, fm, return_lse=True)
+        got = ctx.backward(q, k, v, res.out, dout, res.lse, fm, need_dbias=True)
+        self.assertEqual(got[3].shape, (3, 5))
+        ref = reference_grad(q, k, v, dout, bias=fm)
+        self.check_grads(got[:3] + (got[3][None, None],), ref, "float attn_mask", (1, 1, 3, 5))
+
+
+class TestDropout(Case):
+    def test_mask_is_the_pinned_philox_mask(self):
+        # Random123's known answer for counter 0, key 0
+        self.assertEqual(philox4x32_10((0, 0, 0, 0), (0, 0)),
+                         (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8))
+        for p, seed, offset, qh, b, h, rows, cols, row0, col0 in (
+                (0.3, 7, 0, 4, 1, 2, 3, 11, 0, 0), (0.5, 2**40 + 3, 9, 2, 5, 1, 2, 7, 13, 6),
+                (0.0, 1, 1, 1, 0, 0, 2, 3, 0, 0), (0.9, 2**64 - 1, 2**32 - 1, 3, 2**32 - 1, 2,
+                                                    2, 5, 2**32 - 2, 2**32 - 5)):
+            with self.subTest(p=p, seed=seed):
+                got = attn.dropout_mask(p, seed, offset, qh, b, h, rows, cols, row0, col0)
+                self.assertEqual(got.dtype, np.uint8)
+                np.testing.assert_array_equal(
+                    got, keep_mask(p, seed, offset, qh, b, h, rows, cols, row0, col0))
+
+    def test_forward_and_backward_against_numpy(self):
+        rng = np.random.default_rng(44)
+        p, seed, offset = 0.25, 12345, 3
+        q, k, v, dout = rand(rng, 2, 4, 6, 8), rand(rng, 2, 2, 9, 8), rand(rng, 2, 2, 9, 5), \
+            rand(rng, 2, 4, 6, 5)
+        keep = full_keep(p, seed, offset, 2, 4, 6, 9)
+        self.assertTrue(0 < keep.mean() < 1)
+        ctx = attn.Context(4, 2, 8, 5, causal=True, dropout=p, backward=True)
+        res = ctx.forward(q, k, v, weights="per_head", return_lse=True, dropout_seed=seed,
+                          dropout_offset=offset)
+        ref = reference_grad(q, k, v, dout, causal=True, keep=keep, p=p)
+        self.assert_close(res.out, ref["out"], ref["tol_out"], "dropout out")
+        self.assert_close(res.weights, ref["weights"], 8 * (9 + 8 + 16) * U * ref["weights"]
+                          + 1e-30, "dropout weights")
+        plain = reference(q, k, v, causal=True)  # lse is that of the weights before dropout
+        self.assert_close(res.lse, plain["lse"], plain["tol_lse"], "dropout lse")
+        got = ctx.backward(q, k, v, res.out, dout, res.lse, dropout_seed=seed,
+                           dropout_offset=offset)
+        self.check_grads(got, ref, "dropout")
+        # another offset is another mask
+        other = ctx.forward(q, k, v, dropout_seed=seed, dropout_offset=offset + 1)
+        self.assertGreater(np.abs(other - res.out).max(), 1e-3)
+
+
+class TestKvDtypes(Case):
+    def test_f16_and_bf16_against_the_widened_values(self):
+        rng = np.random.default_rng(45)
+        q, dout = rand(rng, 2, 4, 6, 8), rand(rng, 2, 4, 6, 5)
+        k16, v16 = rand(rng, 2, 2, 9, 8).astype(np.float16), rand(rng, 2, 2, 9, 5).astype(np.float16)
+        kb = (rand(rng, 2, 2, 9, 8).view(np.uint32) >> 16).astype(np.uint16)
+        vb = (rand(rng, 2, 2, 9, 5).view(np.uint32) >> 16).astype(np.uint16)
+        for kv_dtype, k, v, kw, vw in (("f16", k16, v16, k16.astype(np.float32),
+                                        v16.astype(np.float32)),
+                                       ("bf16", kb, vb, widen_bf16(kb), widen_bf16(vb))):
+            for layout in ("bhsd", "bshd"):
+                with self.subTest(kv_dtype=kv_dtype, layout=layout):
+                    ctx = attn.Context(4, 2, 8, 5, causal=True, kv_dtype=kv_dtype, backward=True)
+                    ql, kl, vl, dl = (to_layout(x, layout) for x in (q, k, v, dout))
+                    res = ctx.forward(ql, kl, vl, return_lse=True, layout=layout)
+                    ref = reference_grad(q, kw, vw, dout, causal=True)
+                    out = res.out if layout == "bhsd" else res.out.transpose(0, 2, 1, 3)
+                    self.assert_close(out, ref["out"], ref["tol_out"], "out")
+                    got = ctx.backward(ql, kl, vl, res.out, dl, res.lse, layout=layout)
+                    if layout == "bshd":
+                        got = tuple(x.transpose(0, 2, 1, 3) for x in got)
+                    self.check_grads(got, ref, kv_dtype)
+
+    def test_f16_arrays_are_read_in_place(self):
+        """A strided float16 view goes to the C core as it is (its buffer is the caller's)."""
+        rng = np.random.default_rng(46)
+        kv = rand(rng, 1, 2, 7, 16).astype(np.float16)
+        k, v = kv[..., :8], kv[..., 8:]
+        q = rand(rng, 1, 2, 3, 8)
+        ctx = attn.Context(2, 2, 8, kv_dtype="f16")
+        seen = []
+        real = ctx._core
+
+        class Spy:
+            def forward(self, q, k, v, *rest):
+                seen.append((k, v))
+                return real.forward(q, k, v, *rest)
+
+        ctx._core = Spy()
+        out = ctx.forward(q, k, v)
+        self.assertTrue(np.shares_memory(seen[0][0], kv) and np.shares_memory(seen[0][1], kv))
+        ref = reference(q, k.astype(np.float32), v.astype(np.float32))
+        self.assert_close(out, ref["out"], ref["tol_out"], "strided f16")
+
+
+class TestMerge(Case):
+    def test_merge_equals_attention_over_the_union(self):
+        rng = np.random.default_rng(47)
+        q, k, v = rand(rng, 2, 3, 5, 8), rand(rng, 2, 3, 20, 8), rand(rng, 2, 3, 20, 6)
+        mask = rng.random((2, 3, 5, 20)) < 0.6
+        mask[0, 1, 2] = False           # a row that sees no key at all
+        mask[1, 0, 3, :7] = False       # a row that sees no key of the first part
+        ctx = attn.Context(3, 3, 8, 6)
+        outs, lses = [], []
+        for a, b in ((0, 7), (7, 8), (8, 20)):
+            r = ctx.forward(q, k[:, :, a:b], v[:, :, a:b], mask[..., a:b], return_lse=True)
+            outs.append(r.out)
+            lses.append(r.lse)
+        out, lse = attn.merge(outs, lses)
+        ref = reference(q, k, v, mask=mask)
+        self.assert_close(out, ref["out"], 2 * ref["tol_out"], "merged out")
+        self.assert_close(lse, ref["lse"], 2 * ref["tol_lse"], "merged lse")
+        out, lse = attn.merge(outs, lses, masked_rows="nan")
+        self.assertTrue(np.isnan(out[0, 1, 2]).all())
+        self.assertEqual(np.isnan(out).sum(), 6)
+        # 3-D parts
+        out3, lse3 = attn.merge([o[1] for o in outs], [x[1] for x in lses])
+        self.assert_close(out3, ref["out"][1], 2 * ref["tol_out"][1], "merged 3-D out")
+
+
+class TestNewErrors(unittest.TestCase):
+    def test_context_options(self):
+        with self.assertRaisesRegex(ValueError, r"dropout = 1 .*\(ATTN_ERR_BAD_OPTION\)"):
+            attn.Context(1, 1, 4, dropout=1.0)
+        with self.assertRaisesRegex(ValueError, r"dropout .*\(ATTN_ERR_BAD_OPTION\)"):
+            attn.Context(1, 1, 4, dropout=float("nan"))
+        with self.assertRaisesRegex(ValueError, "kv_dtype = 'f8' is not one of 'f32', 'f16', "
+                                                "'bf16'"):
+            attn.Context(1, 1, 4, kv_dtype="f8")
+        with self.assertRaisesRegex(ValueError, "dropout = 'x' must be a number"):
+            attn.Context(1, 1, 4, dropout="x")
+
+    def test_backward_arguments(self):
+        q = np.ones((1, 2, 3, 4), np.float32)
+        k = np.ones((1, 2, 5, 4), np.float32)
+        lse = np.zeros((1, 2, 3), np.float32)
+        fwd = attn.Context(2, 2, 4)
+        with self.assertRaisesRegex(ValueError, r"without ATTN_OP_BACKWARD .*"
+                                                r"\(ATTN_ERR_BAD_OPTION\)") as cm:
+            fwd.backward(q, k, k, q, q, lse)
+        self.assertEqual(cm.exception.status, 10)
+        ctx = attn.Context(2, 2, 4, backward=True)
+        with self.assertRaisesRegex(ValueError, r"dout: shape \(1, 2, 3, 3\), expected"):
+            ctx.backward(q, k, k, q, q[..., :3], lse)
+        with self.assertRaisesRegex(ValueError, r"lse: shape \(1, 2, 4\), expected \(1, 2, 3\)"):
+            ctx.backward(q, k, k, q, q, np.zeros((1, 2, 4)))
+        with self.assertRaisesRegex(ValueError, "lse: expected a floating-point array"):
+            ctx.backward(q, k, k, q, q, lse.astype(int))
+        with self.assertRaisesRegex(ValueError, "need_dbias: no bias"):
+            ctx.backward(q, k, k, q, q, lse, np.ones((3, 5), bool), need_dbias=True)
+        with self.assertRaisesRegex(ValueError, r"args->kv_lens\[0\] = 6 is outside .*"
+                                                r"\(ATTN_ERR_KV_LENS\)"):
+            ctx.backward(q, k, k, q, q, lse, kv_lens=[6])
+        with self.assertRaisesRegex(ValueError, "dropout_seed = -1 is outside"):
+            ctx.backward(q, k, k, q, q, lse, dropout_seed=-1)
+        with self.assertRaisesRegex(ValueError, "dropout_offset = 4294967296 is outside"):
+            ctx.forward(q, k, k, dropout_offset=2**32)
+        # the C core's own checks
+        dq = np.empty_like(q)
+        with self.assertRaisesRegex(ValueError, "dbias given without bias"):
+            ctx._core.backward(q, k, k, q, q, lse, dq, np.empty_like(k), np.empty_like(k),
+                               dbias=np.empty((1, 1, 3, 5), np.float32))
+        with self.assertRaisesRegex(ValueError, r"dk: shape \(1, 2, 4, 4\) does not match"):
+            ctx._core.backward(q, k, k, q, q, lse, dq, np.empty((1, 2, 4, 4), np.float32),
+                               np.empty_like(k))
+        with self.assertRaisesRegex(ValueError, r"dbias: shape \(1, 2, 3, 5\) does not match the "
+                                                r"bias's broadcast shape = \(1, 1, 3, 5\)"):
+            ctx._core.backward(q, k, k, q, q, lse, dq, np.empty_like(k), np.empty_like(k),
+                               bias=np.broadcast_to(np.ones((3, 5), np.float32), (1, 2, 3, 5)),
+                               dbias=np.empty((1, 2, 3, 5), np.float32))
+        dkv = np.empty_like(k)
+        with self.assertRaisesRegex(ValueError, r"\(ATTN_ERR_ALIAS\)"):
+            ctx._core.backward(q, k, k, q, q, lse, dq, dkv, dkv)
+
+    def test_kv_dtype_inputs(self):
+        q = np.ones((1, 1, 2, 4), np.float32)
+        with self.assertRaisesRegex(ValueError, "k: expected a uint16 array of bfloat16 bits for "
+                                                "kv_dtype 'bf16', got dtype float32"):
+            attn.Context(1, 1, 4, kv_dtype="bf16").forward(q, q, q)
+        with self.assertRaisesRegex(ValueError, "k: expected a floating-point array for kv_dtype "
+                                                "'f16'"):
+            attn.Context(1, 1, 4, kv_dtype="f16").forward(q, q.astype(np.uint16), q)
+        with self.assertRaisesRegex(ValueError, "k: expected native float16 elements, got "
+                                                "format 'f'"):
+            attn.Context(1, 1, 4, kv_dtype="f16")._core.forward(q, q, q, np.empty_like(q))
+        with self.assertRaisesRegex(ValueError, "k: expected native float32 elements, got "
+                                                "format 'e'"):
+            attn.Context(1, 1, 4)._core.forward(q, q.astype(np.float16), q, np.empty_like(q))
+
+    def test_dropout_mask_arguments(self):
+        with self.assertRaisesRegex(ValueError, r"p = 1.5 is outside \[0, 1\) "
+                                                r"\(ATTN_ERR_BAD_OPTION\)"):
+            attn.dropout_mask(1.5, 0, 0, 1, 0, 0, 2, 2)
+        with self.assertRaisesRegex(ValueError, r"\(ATTN_ERR_BAD_OPTION\)"):
+            attn.dropout_mask(float("nan"), 0, 0, 1, 0, 0, 2, 2)
+        with self.assertRaisesRegex(ValueError, r"head = 2 .*\(ATTN_ERR_LIMIT\)"):
+            attn.dropout_mask(0.5, 0, 0, 2, 0, 2, 2, 2)
+        with self.assertRaisesRegex(ValueError, r"cols is 0 \(ATTN_ERR_ZERO_SIZE\)"):
+            attn.dropout_mask(0.5, 0, 0, 1, 0, 0, 2, 0)
+        with self.assertRaisesRegex(ValueError, r"\(ATTN_ERR_LIMIT\)"):
+            attn.dropout_mask(0.5, 0, 0, 1, 0, 0, 2**40, 2)
+        with self.assertRaisesRegex(ValueError, r"\(ATTN_ERR_LIMIT\)"):
+            attn.dropout_mask(0.5, 0, 0, 1, 0, 0, 2, 2, row0=-1)
+        with self.assertRaisesRegex(ValueError, "seed = -1 is outside"):
+            attn.dropout_mask(0.5, -1, 0, 1, 0, 0, 2, 2)
+        with self.assertRaisesRegex(ValueError, "keep: 3 bytes, the block needs 4"):
+            _attn.dropout_mask(0.5, 0, 0, 1, 0, 0, 0, 2, 0, 2, np.empty(3, np.uint8), 2)
+
+    def test_merge_arguments(self):
+        o, l = np.zeros((1, 2, 3, 4), np.float32), np.zeros((1, 2, 3), np.float32)
+        with self.assertRaisesRegex(ValueError, "no parts to merge"):
+            attn.merge([], [])
+        with self.assertRaisesRegex(ValueError, "2 outs and 1 lses"):
+            attn.merge([o, o], [l])
+        with self.assertRaisesRegex(ValueError, r"outs\[1\]: shape \(1, 2, 3, 5\) does not "
+                                                "match"):
+            attn.merge([o, np.zeros((1, 2, 3, 5))], [l, l])
+        with self.assertRaisesRegex(ValueError, r"lses\[1\]: shape \(1, 2, 2\) does not match"):
+            attn.merge([o, o], [l, l[..., :2]])
+        with self.assertRaisesRegex(ValueError, "part 1: outs.1. is 3-D"):
+            attn.merge([o, o[0]], [l, l])
+        with self.assertRaisesRegex(ValueError, "masked_rows = 'inf' is not one of"):
+            attn.merge([o], [l], masked_rows="inf")
+        with self.assertRaisesRegex(ValueError, r"\(ATTN_ERR_BAD_OPTION\)"):
+            _attn.merge([o], [l], np.empty_like(o), np.empty_like(l), 7)
+        with self.assertRaisesRegex(ValueError, r"\(ATTN_ERR_ALIAS\)"):
+            _attn.merge([o, o], [l, l], o, np.empty_like(l), 0)
+
+    def test_gil_is_released_during_backward(self):
+        rng = np.random.default_rng(48)
+        q, k = rand(rng, 1, 4, 256, 64), rand(rng, 1, 4, 512, 64)
+        ctx = attn.Context(4, 4, 64, threads=1, backward=True)
+        res = ctx.forward(q, k, k, return_lse=True)
+        go, ran = threading.Event(), threading.Event()
+        worker = threading.Thread(target=lambda: (go.wait(), ran.set()))
+        worker.start()
+        old = sys.getswitchinterval()
+        sys.setswitchinterval(1000.0)
+        try:
+            go.set()
+            calls = 0
+            while not ran.is_set() and calls < 20:
+                ctx.backward(q, k, k, res.out, res.out, res.lse)
+                calls += 1
+            seen = ran.is_set()
+        finally:
+            sys.setswitchinterval(old)
+            worker.join()
+        self.assertTrue(seen, "no other thread ran during 20 backward calls: the GIL was held")
+
+
 # ---- references and memory -----------------------------------------------------------------
 
 
@@ -566,6 +1046,40 @@ class TestNoLeaks(unittest.TestCase):
                 core.forward(q, k, v, out, None, lens, mask, bias, 1, w, lse, ent[:1])
             with self.assertRaises(ValueError):  # the core rejects: a buffer's dtype
                 core.forward(q, k, v, out, None, lens, mask.astype(np.float32), bias, 1, w)
+        self.assertEqual([sys.getrefcount(a) for a in arrays], before)
+
+    def test_backward_merge_and_dropout_mask_release_every_buffer(self):
+        rng = np.random.default_rng(52)
+        q, k, v = rand(rng, 2, 2, 3, 4), rand(rng, 2, 1, 5, 4), rand(rng, 2, 1, 5, 4)
+        out, dout = rand(rng, 2, 2, 3, 4), rand(rng, 2, 2, 3, 4)
+        lse = np.zeros((2, 2, 3), np.float32)
+        dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+        mask = np.ones((2, 2, 3, 5), bool)
+        bias = np.zeros((2, 2, 3, 5), np.float32)
+        dbias = np.empty_like(bias)
+        lens = np.array([5, 3], np.int32)
+        keep = np.empty(12, np.uint8)
+        mo, ml = np.empty_like(out), np.empty_like(lse)
+        arrays = (q, k, v, out, dout, lse, dq, dk, dv, mask, bias, dbias, lens, keep, mo, ml)
+        core = _attn.Context(2, 1, 4, 4, 0.0, True, -1, -1, 0, 1, 3)
+        parts_o, parts_l = [out, dout], [lse, lse]
+        before = [sys.getrefcount(a) for a in arrays]
+        for _ in range(3):
+            core.backward(q, k, v, out, dout, lse, dq, dk, dv, None, lens, mask, bias, dbias)
+            with self.assertRaises(ValueError):  # libattn rejects: kv_lens above kv_len
+                core.backward(q, k, v, out, dout, lse, dq, dk, dv, None,
+                              np.array([9, 9], np.int32), mask, bias, dbias)
+            with self.assertRaises(ValueError):  # the core rejects: the last buffer's shape
+                core.backward(q, k, v, out, dout, lse, dq, dk, dv, None, lens, mask, bias,
+                              dbias[:1])
+            _attn.dropout_mask(0.5, 1, 2, 2, 0, 1, 0, 3, 0, 4, keep, 4)
+            with self.assertRaises(ValueError):
+                _attn.dropout_mask(0.5, 1, 2, 2, 0, 2, 0, 3, 0, 4, keep, 4)
+            _attn.merge(parts_o, parts_l, mo, ml, 0)
+            with self.assertRaises(ValueError):  # libattn rejects: out is part 1's out
+                _attn.merge(parts_o, parts_l, dout, ml, 0)
+            with self.assertRaises(ValueError):  # the core rejects: a part's shape
+                _attn.merge(parts_o, [lse, lse[:1]], mo, ml, 0)
         self.assertEqual([sys.getrefcount(a) for a in arrays], before)
 
     def test_repeated_calls_keep_no_memory(self):
