@@ -20,6 +20,7 @@
 
 #include "attention/instance.h"
 #include "attention/task.h"
+#include "parallel/guard.h" /* fork and busy guard of attn_forward */
 #include "attention/tiles.h"
 #include "attention/weights.h"
 #include "core/blas.h"
@@ -362,10 +363,16 @@ attn_status attn_forward(attn_ctx *ctx, const attn_args *args)
 {
     if (!ctx)
         return attn_fail(NULL, ATTN_ERR_NULL_POINTER, "ctx is NULL");
-    attn_instance inst;
-    attn_status st = attn_validate_args(ctx, args, &inst);
+    /* guard: refuse an inherited (forked) or busy context; released on every return below */
+    attn_status st = attn_call_enter(ctx);
     if (st != ATTN_OK)
         return st;
+    attn_instance inst;
+    st = attn_validate_args(ctx, args, &inst);
+    if (st != ATTN_OK) {
+        attn_call_leave(ctx); /* guard */
+        return st;
+    }
     /* Every tile product runs single-threaded, also with one libattn thread: a threaded BLAS
      * partitions a product differently and rounds differently, and results must not depend on
      * the thread count. */
@@ -387,5 +394,6 @@ attn_status attn_forward(attn_ctx *ctx, const attn_args *args)
     if (serial_blas)
         attn_blas_serial_leave(&saved);
     attn_clear_error(ctx);
+    attn_call_leave(ctx); /* guard */
     return ATTN_OK;
 }

@@ -14,6 +14,7 @@
 #define cpu_relax() ((void)0)
 #endif
 
+#include "parallel/fork.h"
 #include "parallel/pool.h"
 
 #define SPIN_NS 100000 /* 100 us */
@@ -79,6 +80,9 @@ static void *worker_main(void *arg)
 
 int attn_pool_start(attn_pool *p, unsigned threads, attn_pool_worker *workers)
 {
+    attn_fork_handlers_install();
+    p->fork_generation = attn_fork_generation();
+    atomic_init(&p->in_use, 0);
     p->threads = threads;
     p->started = 0;
     p->workers = workers;
@@ -125,8 +129,17 @@ void attn_pool_run(attn_pool *p, attn_item_fn fn, void *job, int64_t items)
     pthread_mutex_unlock(&p->lock);
 }
 
+int attn_pool_inherited(const attn_pool *p)
+{
+    return p->fork_generation != attn_fork_generation();
+}
+
 void attn_pool_stop(attn_pool *p)
 {
+    if (attn_pool_inherited(p)) {
+        p->started = 0;
+        return;
+    }
     pthread_mutex_lock(&p->lock);
     atomic_store_explicit(&p->stop, 1, memory_order_relaxed);
     pthread_cond_broadcast(&p->wake);
