@@ -172,6 +172,11 @@ enum {
     CHILD_WRONG_RESULT,
 };
 
+/* Threads of the context a child creates. TEST_FORK_CHILD_THREADS=1 keeps children from
+ * starting threads: ThreadSanitizer cannot follow threads started after a multi-threaded fork
+ * (it still knows the parent's threads and reports a duplicate thread id). */
+static uint32_t child_threads = 3;
+
 /* Uses and destroys every inherited context, then computes with a new one. */
 static int child_checks(attn_ctx **inherited, problem **their, int n, int want_blas_threads)
 {
@@ -195,7 +200,7 @@ static int child_checks(attn_ctx **inherited, problem **their, int n, int want_b
         attn_destroy(inherited[i]); /* must not wait for workers that do not exist */
     }
     problem p;
-    make(&p, 3, 150, 150, 99);
+    make(&p, child_threads, 150, 150, 99);
     attn_ctx *ctx;
     if (attn_create(&p.d, &ctx) != ATTN_OK)
         return CHILD_CREATE;
@@ -403,6 +408,9 @@ int main(void)
     sem_init(&inside, 0, 0);
     sem_init(&release, 0, 0);
     find_blas_count();
+    const char *ct = getenv("TEST_FORK_CHILD_THREADS");
+    if (ct && atoi(ct) > 0)
+        child_threads = (uint32_t)atoi(ct);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_idle_context_in_child),
         cmocka_unit_test(test_static_context_in_grandchild),
