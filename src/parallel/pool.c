@@ -80,9 +80,6 @@ static void *worker_main(void *arg)
 
 int attn_pool_start(attn_pool *p, unsigned threads, attn_pool_worker *workers)
 {
-    attn_fork_handlers_install();
-    p->fork_generation = attn_fork_generation();
-    atomic_init(&p->in_use, 0);
     p->threads = threads;
     p->started = 0;
     p->workers = workers;
@@ -93,6 +90,12 @@ int attn_pool_start(attn_pool *p, unsigned threads, attn_pool_worker *workers)
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);
+    atomic_init(&p->in_use, 0);
+    p->fork_generation = attn_fork_generation();
+    if (attn_fork_handlers_install() != 0) { /* out of memory: no fork safety, no context */
+        attn_pool_stop(p);
+        return -1;
+    }
     for (unsigned i = 1; i < threads; i++) {
         workers[i - 1].pool = p;
         workers[i - 1].index = i;

@@ -38,7 +38,8 @@ typedef struct attn_pool {
 } attn_pool;
 
 /* Starts threads - 1 workers; `workers` has room for them. Returns 0, or -1 if a thread could
- * not be started (the pool is then stopped and needs no attn_pool_stop). */
+ * not be started or the fork handlers (fork.h) could not be registered (the pool is then
+ * stopped and needs no attn_pool_stop). */
 int attn_pool_start(attn_pool *pool, unsigned threads, attn_pool_worker *workers);
 
 /* Runs fn(job, item, thread) for every item and returns when all are done. */
