@@ -14,6 +14,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
+#include <sched.h>
 #include <semaphore.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -25,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -41,6 +43,14 @@ enum { CHILD_ALARM_S = 60, FORKS = 40 };
 
 typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int,
                          const float *, int, float, float *, int);
+
+/* OpenBLAS itself is not fork-safe: a fork taken while another thread is inside one of its
+ * calls can leave its memory-pool lock held in the child, whose first BLAS call then blocks
+ * (docs/threading.md). That is the BLAS's hazard, not libattn's, so the test keeps it out: the
+ * forks wait until no thread is inside a real BLAS call and hold new ones back meanwhile
+ * (sequentially consistent atomics: a thread announces itself, then checks for a pending fork).
+ * libattn's own entry and exit, and its lock, still run at any moment around the forks. */
+static atomic_int in_blas, fork_pending;
 
 static atomic_int armed;              /* 1: the next BLAS call of a held call waits */
 static _Thread_local int is_looper;   /* the thread running short calls is never held */
@@ -63,7 +73,57 @@ void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha, co
         while (sem_wait(&release) != 0) {
         }
     }
+    for (;;) {
+        atomic_fetch_add(&in_blas, 1);
+        if (!atomic_load(&fork_pending))
+            break;
+        atomic_fetch_sub(&in_blas, 1);
+        while (atomic_load(&fork_pending))
+            sched_yield();
+    }
     real(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    atomic_fetch_sub(&in_blas, 1);
+}
+
+/* fork() while no thread of this process is inside the real BLAS (see in_blas). */
+static pid_t fork_outside_blas(void)
+{
+    atomic_store(&fork_pending, 1);
+    while (atomic_load(&in_blas))
+        sched_yield();
+    pid_t pid = fork();
+    atomic_store(&fork_pending, 0);
+    return pid;
+}
+
+/* ---- holding libattn's BLAS-policy lock at the instant of a fork ------------------------- */
+
+/* libattn reads and sets OpenBLAS's thread count under its lock (found with dlsym, so this
+ * definition, exported from the executable, is the one it finds). When armed, the read
+ * announces that the calling thread holds that lock and keeps holding it for HOLD_MS before
+ * going on, so that a fork taken meanwhile must either wait for the lock (what libattn's
+ * prepare handler does) or leave it held forever in the child. */
+enum { HOLD_MS = 300 };
+static atomic_int hold_lock;
+static sem_t lock_inside;
+
+int openblas_get_num_threads(void);
+int openblas_get_num_threads(void)
+{
+    typedef int (*count_fn)(void);
+    static _Atomic(count_fn) real;
+    if (!real) {
+        void *sym = dlsym(RTLD_NEXT, "openblas_get_num_threads");
+        count_fn f;
+        memcpy(&f, &sym, sizeof f);
+        real = f;
+    }
+    if (atomic_exchange(&hold_lock, 0)) {
+        sem_post(&lock_inside);
+        struct timespec t = {0, HOLD_MS * 1000000L};
+        nanosleep(&t, NULL);
+    }
+    return real ? real() : 1;
 }
 
 /* ---- the BLAS's process-wide thread count, where it has one ------------------------------ */
@@ -251,7 +311,7 @@ static void test_idle_context_in_child(void **state)
     assert_int_equal(attn_create(&p.d, &ctx), ATTN_OK);
     assert_int_equal(attn_forward(ctx, &p.a), ATTN_OK);
     problem *ps[1] = {&p};
-    pid_t pid = fork();
+    pid_t pid = fork_outside_blas();
     assert_true(pid >= 0);
     if (pid == 0)
         _exit(child_checks(&ctx, ps, 1, 0));
@@ -275,7 +335,7 @@ static void test_static_context_in_grandchild(void **state)
     attn_ctx *ctx;
     assert_int_equal(attn_create_static(&p.d, ws, n, &ctx), ATTN_OK);
     problem *ps[1] = {&p};
-    pid_t pid = fork();
+    pid_t pid = fork_outside_blas();
     assert_true(pid >= 0);
     if (pid == 0) {
         alarm(CHILD_ALARM_S);
@@ -372,7 +432,7 @@ static void test_fork_during_forward(void **state)
         /* t is inside attn_forward on held_ctx; the looper is in or between its calls */
         attn_ctx *inherited[2] = {held_ctx, busy_ctx};
         problem *theirs[2] = {&held, &busy};
-        pid_t pid = fork();
+        pid_t pid = fork_outside_blas();
         if (pid == 0)
             _exit(child_checks(inherited, theirs, 2, want));
         sem_post(&release);
@@ -402,11 +462,51 @@ static void test_fork_during_forward(void **state)
     release_problem(&busy);
 }
 
+/* A fork taken while another thread holds libattn's BLAS-policy lock (inside attn_forward's
+ * entry): the child must be able to enter attn_forward itself. Only with OpenBLAS's pthread
+ * build, whose thread count libattn reads under that lock. */
+static void test_fork_while_policy_lock_held(void **state)
+{
+    (void)state;
+    if (!blas_get || !dlsym(RTLD_DEFAULT, "openblas_get_parallel")) {
+        print_message("not OpenBLAS's pthread build: skipped\n");
+        return;
+    }
+    blas_set(2);
+    int want = blas_get();
+    problem p;
+    make(&p, 1, 40, 40, 5);
+    attn_ctx *ctx;
+    assert_int_equal(attn_create(&p.d, &ctx), ATTN_OK);
+    for (int round = 1; round <= 3; round++) {
+        held_call c = {ctx, &p, ATTN_ERR_THREADS};
+        pthread_t t;
+        atomic_store(&hold_lock, 1);
+        assert_int_equal(pthread_create(&t, NULL, one_call, &c), 0);
+        while (sem_wait(&lock_inside) != 0) {
+        }
+        /* t holds libattn's lock for HOLD_MS from now */
+        attn_ctx *inherited[1] = {ctx};
+        problem *theirs[1] = {&p};
+        pid_t pid = fork_outside_blas();
+        if (pid == 0)
+            _exit(child_checks(inherited, theirs, 1, want));
+        pthread_join(t, NULL);
+        assert_true(pid > 0);
+        expect_child_ok(pid, round);
+        assert_int_equal(c.st, ATTN_OK);
+    }
+    assert_true(matches_oracle(&p));
+    attn_destroy(ctx);
+    release_problem(&p);
+}
+
 int main(void)
 {
     alarm(600); /* the parent too, should anything here wait forever */
     sem_init(&inside, 0, 0);
     sem_init(&release, 0, 0);
+    sem_init(&lock_inside, 0, 0);
     find_blas_count();
     const char *ct = getenv("TEST_FORK_CHILD_THREADS");
     if (ct && atoi(ct) > 0)
@@ -415,6 +515,7 @@ int main(void)
         cmocka_unit_test(test_idle_context_in_child),
         cmocka_unit_test(test_static_context_in_grandchild),
         cmocka_unit_test(test_fork_during_forward),
+        cmocka_unit_test(test_fork_while_policy_lock_held),
     };
     int failed = cmocka_run_group_tests_name("fork", tests, NULL, NULL);
     sem_destroy(&inside);
