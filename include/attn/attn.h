@@ -15,8 +15,11 @@
  *   - On failure nothing is written to any caller buffer, and attn_last_error() describes which
  *     argument was wrong and which bound it broke.
  *   - Lengths and counts are elements, never bytes, unless a name says "size".
- *   - Threading: a context is used by one thread at a time; distinct contexts may be used
- *     concurrently from different threads. Functions without a context are thread-safe.
+ *   - Threading: a context is used by one thread at a time (a second thread entering
+ *     attn_forward on a context already in a call gets ATTN_ERR_BUSY); distinct contexts may be
+ *     used concurrently from different threads. Functions without a context are thread-safe.
+ *   - fork(): a child process cannot use a context created before the fork (ATTN_ERR_FORKED);
+ *     it may destroy it, and create its own. See docs/threading.md.
  *
  * Tensors are described by a base pointer and an attn_strides triple (batch, head, seq) counted
  * in elements; the last (feature) axis is always contiguous. This covers [B, H, S, D],
@@ -62,7 +65,10 @@ typedef enum attn_status {
     ATTN_ERR_WORKSPACE_SIZE = 14, /* a caller-provided workspace is smaller than required */
     ATTN_ERR_WORKSPACE_ALIGN = 15,/* a caller-provided workspace is not ATTN_WORKSPACE_ALIGN-aligned */
     ATTN_ERR_NO_MEMORY = 16,      /* the allocator returned NULL */
-    ATTN_ERR_THREADS = 17         /* the system could not start a worker thread */
+    ATTN_ERR_THREADS = 17,        /* the system could not start a worker thread */
+    ATTN_ERR_BUSY = 18,           /* the context is already in use by another call (thread) */
+    ATTN_ERR_FORKED = 19          /* the context was inherited across fork(): its worker threads
+                                     do not exist in this process */
 } attn_status;
 
 /*
@@ -253,6 +259,8 @@ ATTN_EXPORT attn_status attn_create_static(const attn_desc *desc, void *workspac
  * Stops the context's worker threads and releases a context made by attn_create(). For a context
  * made by attn_create_static() the caller still owns the workspace memory afterwards. NULL is
  * accepted and ignored. Must not run concurrently with any other use of the same context.
+ * In a child process that inherited the context across fork(), the workers do not exist there:
+ * nothing is joined (so this never waits for them) and the memory is released all the same.
  */
 ATTN_EXPORT void attn_destroy(attn_ctx *ctx);
 
@@ -263,6 +271,8 @@ ATTN_EXPORT void attn_destroy(attn_ctx *ctx);
  * names the argument and the bound, e.g. "args->kv_lens[3] = 70 exceeds kv_len = 64". The string
  * is owned by the library and stays valid until the next call with the same context (or on the
  * same thread). Never NULL.
+ * Exception: the message of ATTN_ERR_BUSY goes to attn_last_error(NULL) of the refused thread,
+ * since the context's own message belongs to the call in progress.
  */
 ATTN_EXPORT const char *attn_last_error(const attn_ctx *ctx);
 
@@ -394,9 +404,13 @@ ATTN_EXPORT void(attn_args_init)(attn_args *args);
  * weights mode), ATTN_ERR_STRUCT_SIZE, ATTN_ERR_ZERO_SIZE (batch, q_len or kv_len 0),
  * ATTN_ERR_STRIDE, ATTN_ERR_OVERFLOW, ATTN_ERR_OFFSET, ATTN_ERR_KV_LENS, ATTN_ERR_BAD_OPTION
  * (unknown weights_mode, weights given with ATTN_WEIGHTS_NONE, or a context created without
- * ATTN_OP_FORWARD), ATTN_ERR_ALIAS.
+ * ATTN_OP_FORWARD), ATTN_ERR_ALIAS,
+ * ATTN_ERR_BUSY (another thread is inside a call on ctx: using one context from two
+ * threads at once is outside the contract, and this detects it rather than computing garbage;
+ * the call in progress is unaffected), ATTN_ERR_FORKED (ctx was created before this process was
+ * forked from its parent: its worker threads do not exist here; create a new context).
  * On failure no output is written and attn_last_error(ctx) names the argument (for a NULL ctx,
- * attn_last_error(NULL) on the calling thread).
+ * and for ATTN_ERR_BUSY, attn_last_error(NULL) on the calling thread).
  */
 ATTN_EXPORT attn_status attn_forward(attn_ctx *ctx, const attn_args *args);
 
@@ -480,7 +494,9 @@ ATTN_EXPORT void attn_backward_args_init_size(attn_backward_args *args, size_t s
  * Returns ATTN_OK, or: ATTN_ERR_NULL_POINTER (ctx, args, q, k, v, out, dout, lse, dq, dk or dv
  * NULL), ATTN_ERR_STRUCT_SIZE, ATTN_ERR_ZERO_SIZE, ATTN_ERR_BAD_OPTION (dbias without bias, or a
  * context created without ATTN_OP_BACKWARD), ATTN_ERR_STRIDE, ATTN_ERR_OVERFLOW, ATTN_ERR_OFFSET,
- * ATTN_ERR_KV_LENS, ATTN_ERR_ALIAS. On failure nothing is written; attn_last_error(ctx) says why.
+ * ATTN_ERR_KV_LENS, ATTN_ERR_ALIAS, ATTN_ERR_BUSY and ATTN_ERR_FORKED (as for attn_forward). On
+ * failure nothing is written; attn_last_error(ctx) says why (attn_last_error(NULL) for
+ * ATTN_ERR_BUSY).
  */
 ATTN_EXPORT attn_status attn_backward(attn_ctx *ctx, const attn_backward_args *args);
 /* Dropout                                                                                     */

@@ -16,6 +16,7 @@
 
 #include "attention/backward.h"
 #include "core/blas.h"
+#include "core/guard.h"
 #include "engine/run.h"
 #include "engine/score_op.h"
 #include "engine/tiles.h"
@@ -254,10 +255,16 @@ attn_status attn_backward(attn_ctx *ctx, const attn_backward_args *args)
 {
     if (!ctx)
         return attn_fail(NULL, ATTN_ERR_NULL_POINTER, "ctx is NULL");
-    attn_backward_call c;
-    attn_status st = attn_backward_check(ctx, args, &c);
+    /* refuse an inherited (forked) or busy context; released on every return below */
+    attn_status st = attn_call_enter(ctx);
     if (st != ATTN_OK)
         return st;
+    attn_backward_call c;
+    st = attn_backward_check(ctx, args, &c);
+    if (st != ATTN_OK) {
+        attn_call_leave(ctx);
+        return st;
+    }
     const attn_problem *p = &c.p;
     bwd_job job;
     job.c = &c;
@@ -275,5 +282,6 @@ attn_status attn_backward(attn_ctx *ctx, const attn_backward_args *args)
     attn_engine_run(&s, query_item, &job, job.items_b * job.items_h * job.items_q);
     attn_engine_end(&s);
     attn_clear_error(ctx);
+    attn_call_leave(ctx);
     return ATTN_OK;
 }

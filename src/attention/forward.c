@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "attention/forward.h"
+#include "core/guard.h"
 #include "attention/weights.h"
 #include "engine/tiles.h"
 
@@ -124,10 +125,16 @@ attn_status attn_forward(attn_ctx *ctx, const attn_args *args)
 {
     if (!ctx)
         return attn_fail(NULL, ATTN_ERR_NULL_POINTER, "ctx is NULL");
-    attn_forward_call c;
-    attn_status st = attn_forward_check(ctx, args, &c);
+    /* refuse an inherited (forked) or busy context; released on every return below */
+    attn_status st = attn_call_enter(ctx);
     if (st != ATTN_OK)
         return st;
+    attn_forward_call c;
+    st = attn_forward_check(ctx, args, &c);
+    if (st != ATTN_OK) {
+        attn_call_leave(ctx);
+        return st;
+    }
     const attn_problem *p = &c.p;
     int64_t rows = attn_block_rows(ctx);
     block_job job = {&c, rows, attn_tiles(p->q_len, rows)};
@@ -142,5 +149,6 @@ attn_status attn_forward(attn_ctx *ctx, const attn_args *args)
         attn_engine_run(&s, block_item, &job, p->batch * ctx->desc.q_heads * job.blocks);
     attn_engine_end(&s);
     attn_clear_error(ctx);
+    attn_call_leave(ctx);
     return ATTN_OK;
 }

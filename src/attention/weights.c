@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "attention/weights.h"
+#include "engine/online.h"
 #include "engine/score_op.h"
 #include "engine/tiles.h"
 
@@ -39,7 +40,8 @@ void attn_write_weights(const attn_forward_call *c, const attn_task *t)
     }
     for (int64_t j0 = t->klo; j0 < t->khi; j0 += ATTN_TILE_K) {
         int64_t n = t->khi - j0 < ATTN_TILE_K ? t->khi - j0 : ATTN_TILE_K;
-        attn_task_scores(p, t, j0, n);
+        int64_t sa[ATTN_TILE_Q / ATTN_SUB_ROWS], sz[ATTN_TILE_Q / ATTN_SUB_ROWS];
+        attn_tile_scores(p, t, j0, n, sa, sz); /* the scores the online pass saw */
         for (int64_t r = 0; r < t->rows; r++) {
             const attn_row_state *st = &w->state[r];
             if (st->l == 0.0f)

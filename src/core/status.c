@@ -28,6 +28,8 @@ const char *attn_status_str(attn_status status)
     case ATTN_ERR_WORKSPACE_ALIGN: return "ATTN_ERR_WORKSPACE_ALIGN: the workspace is misaligned";
     case ATTN_ERR_NO_MEMORY: return "ATTN_ERR_NO_MEMORY: the allocator returned NULL";
     case ATTN_ERR_THREADS: return "ATTN_ERR_THREADS: a worker thread could not be started";
+    case ATTN_ERR_BUSY: return "ATTN_ERR_BUSY: the context is in use by another call";
+    case ATTN_ERR_FORKED: return "ATTN_ERR_FORKED: the context was inherited across fork()";
     }
     return "unknown status";
 }

@@ -75,14 +75,10 @@ static void rows_span(const attn_task *t, int64_t r0, int64_t r1, int64_t j0, in
     *z = lo < hi ? hi : 0;
 }
 
-static void online_tile(const attn_problem *p, const attn_task *t, int64_t j0, int64_t n,
-                        attn_row_state *state, float *acc)
+int attn_tile_scores(const attn_problem *p, const attn_task *t, int64_t j0, int64_t n,
+                     int64_t a[ATTN_TILE_Q / ATTN_SUB_ROWS], int64_t z[ATTN_TILE_Q / ATTN_SUB_ROWS])
 {
-    attn_kv_tile v = attn_engine_thin(p->ctx, t->rows)
-                         ? attn_kv_get_raw(p->kv, ATTN_KV_VALUES, t->b, t->g, j0, n)
-                         : attn_kv_get(p->kv, ATTN_KV_VALUES, t->b, t->g, j0, n, t->w->convert);
-    enum { SUBS = ATTN_TILE_Q / ATTN_SUB_ROWS };
-    int64_t a[SUBS], z[SUBS], subs = (t->rows + ATTN_SUB_ROWS - 1) / ATTN_SUB_ROWS, split = 0;
+    int64_t subs = (t->rows + ATTN_SUB_ROWS - 1) / ATTN_SUB_ROWS, split = 0;
     /* A tile a causal or window bound cuts across: each sub-block of rows only over the keys it
      * sees, when that saves a quarter of the work or more. */
     if (subs > 1) {
@@ -96,16 +92,33 @@ static void online_tile(const attn_problem *p, const attn_task *t, int64_t j0, i
     }
     if (!split) {
         attn_task_scores(p, t, j0, n);
+        return 0;
+    }
+    for (int64_t s = 0; s < subs; s++) {
+        int64_t r0 = s * ATTN_SUB_ROWS, r1 = r0 + ATTN_SUB_ROWS < t->rows ? r0 + ATTN_SUB_ROWS : t->rows;
+        if (a[s] < z[s]) /* rows that see none of the tile get no scores */
+            p->score->tile(p, t, r0, r1, j0 + a[s], z[s] - a[s],
+                           t->w->scores + r0 * ATTN_TILE_K + a[s], ATTN_TILE_K);
+    }
+    return (int)subs;
+}
+
+static void online_tile(const attn_problem *p, const attn_task *t, int64_t j0, int64_t n,
+                        attn_row_state *state, float *acc)
+{
+    attn_kv_tile v = attn_engine_thin(p->ctx, t->rows)
+                         ? attn_kv_get_raw(p->kv, ATTN_KV_VALUES, t->b, t->g, j0, n)
+                         : attn_kv_get(p->kv, ATTN_KV_VALUES, t->b, t->g, j0, n, t->w->convert);
+    int64_t a[ATTN_TILE_Q / ATTN_SUB_ROWS], z[ATTN_TILE_Q / ATTN_SUB_ROWS];
+    int64_t subs = attn_tile_scores(p, t, j0, n, a, z);
+    if (!subs) {
         softmax_and_values(p, t, 0, t->rows, j0, 0, n, state, acc, v);
         return;
     }
     for (int64_t s = 0; s < subs; s++) {
         int64_t r0 = s * ATTN_SUB_ROWS, r1 = r0 + ATTN_SUB_ROWS < t->rows ? r0 + ATTN_SUB_ROWS : t->rows;
-        if (a[s] >= z[s])
-            continue; /* these rows see none of the tile */
-        p->score->tile(p, t, r0, r1, j0 + a[s], z[s] - a[s],
-                       t->w->scores + r0 * ATTN_TILE_K + a[s], ATTN_TILE_K);
-        softmax_and_values(p, t, r0, r1, j0, a[s], z[s], state, acc, v);
+        if (a[s] < z[s])
+            softmax_and_values(p, t, r0, r1, j0, a[s], z[s], state, acc, v);
     }
 }
 

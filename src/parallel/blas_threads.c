@@ -115,3 +115,23 @@ void attn_blas_serial_worker(void)
         omp_set(1);
     worker_serial = 1;
 }
+
+void attn_blas_fork_prepare(void)
+{
+    pthread_mutex_lock(&lock);
+}
+
+void attn_blas_fork_parent(void)
+{
+    pthread_mutex_unlock(&lock);
+}
+
+void attn_blas_fork_child(void)
+{
+    if (depth > 0) {
+        depth = 0;
+        if (saved > 1)
+            global_set(saved);
+    }
+    pthread_mutex_unlock(&lock);
+}

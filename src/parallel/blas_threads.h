@@ -26,6 +26,13 @@ void attn_blas_serial_leave(const attn_blas_saved *saved);
  * BLAS: makes that thread's BLAS calls single-threaded (once per thread; cheap after). */
 void attn_blas_serial_worker(void);
 
+/* The fork handlers (fork.c): take the lock of the process-wide section before fork, release it
+ * after; in the child, restore the thread count if calls of the parent were inside the section
+ * (their threads do not exist in the child, so none of them will). */
+void attn_blas_fork_prepare(void);
+void attn_blas_fork_parent(void);
+void attn_blas_fork_child(void);
+
 /* "OpenBLAS (pthreads)", "OpenBLAS (OpenMP)", "OpenBLAS (serial)", "BLIS" or "other". */
 const char *attn_blas_threading_kind(void);
 

@@ -14,6 +14,7 @@
 #define cpu_relax() ((void)0)
 #endif
 
+#include "parallel/fork.h"
 #include "parallel/pool.h"
 
 #define SPIN_NS 100000 /* 100 us */
@@ -89,6 +90,12 @@ int attn_pool_start(attn_pool *p, unsigned threads, attn_pool_worker *workers)
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);
+    atomic_init(&p->in_use, 0);
+    p->fork_generation = attn_fork_generation();
+    if (attn_fork_handlers_install() != 0) { /* out of memory: no fork safety, no context */
+        attn_pool_stop(p);
+        return -1;
+    }
     for (unsigned i = 1; i < threads; i++) {
         workers[i - 1].pool = p;
         workers[i - 1].index = i;
@@ -125,8 +132,17 @@ void attn_pool_run(attn_pool *p, attn_item_fn fn, void *job, int64_t items)
     pthread_mutex_unlock(&p->lock);
 }
 
+int attn_pool_inherited(const attn_pool *p)
+{
+    return p->fork_generation != attn_fork_generation();
+}
+
 void attn_pool_stop(attn_pool *p)
 {
+    if (attn_pool_inherited(p)) {
+        p->started = 0;
+        return;
+    }
     pthread_mutex_lock(&p->lock);
     atomic_store_explicit(&p->stop, 1, memory_order_relaxed);
     pthread_cond_broadcast(&p->wake);

@@ -32,17 +32,26 @@ typedef struct attn_pool {
     void *job;
     int64_t items;
     atomic_int_fast64_t next;  /* next item to hand out */
+    /* Guards of the owning context (see guard.h): */
+    atomic_int in_use;         /* 1 while a call runs on the context */
+    uint64_t fork_generation;  /* attn_fork_generation() when the workers were started */
 } attn_pool;
 
 /* Starts threads - 1 workers; `workers` has room for them. Returns 0, or -1 if a thread could
- * not be started (the pool is then stopped and needs no attn_pool_stop). */
+ * not be started or the fork handlers (fork.h) could not be registered (the pool is then
+ * stopped and needs no attn_pool_stop). */
 int attn_pool_start(attn_pool *pool, unsigned threads, attn_pool_worker *workers);
 
 /* Runs fn(job, item, thread) for every item and returns when all are done. */
 void attn_pool_run(attn_pool *pool, attn_item_fn fn, void *job, int64_t items);
 
-/* Stops and joins the workers. */
+/* Stops and joins the workers. In a process forked after the pool started, the workers do not
+ * exist: nothing is joined and the pool's lock and condition variables (possibly held by a
+ * thread of the parent at the moment of the fork) are left untouched. */
 void attn_pool_stop(attn_pool *pool);
+
+/* Whether the pool was started before the last fork() that led to this process. */
+int attn_pool_inherited(const attn_pool *pool);
 
 /* Processors this process may run on (its affinity mask), at least 1. */
 unsigned attn_available_cpus(void);

@@ -1,15 +1,29 @@
 /*
- * Fuzz target for attn_create + attn_forward. The input bytes are decoded into a descriptor and
- * the arguments of one call: sizes (including 0 and split-key shapes), strides of every kind
- * (contiguous, padded, broadcast, zero, overlapping, negative, huge), offsets, windows, kv_lens,
- * broadcast masks and biases, flags, policies, optional outputs and thread counts. The harness
- * does not re-implement the validation. Instead:
- *   - if attn_forward accepts the call, every output must match the float64 oracle within the
- *     tolerance of tests/support/reference.c, and output padding must be untouched;
- *   - if it rejects the call, no output byte may have changed.
+ * Fuzz target for attn_create / attn_create_static + attn_forward. The input bytes are decoded
+ * into a descriptor and the arguments of one call. A shape mode chooses what to reach:
+ *   - small problems with every kind of stride (contiguous, padded, broadcast, zero,
+ *     overlapping, negative, huge), offsets, windows, kv_lens, masks, biases, optional outputs;
+ *   - wide heads (qk_dim / v_dim up to 256), several query blocks (q_len up to 200);
+ *   - the split-key path with several row sets (GQA groups of up to 9 heads, q_len <= 16,
+ *     kv_len >= 512) and with several waves (more key chunks than partial slots, so that row
+ *     sets span two waves);
+ * and, across modes: up to 8 threads, the static workspace (also too small or misaligned),
+ * q_offset and windows at +-ATTN_MAX_DISTANCE and just beyond, NULL pointers, outputs placed
+ * inside another buffer (partially aliased), and a multi-threaded BLAS (the harness sets the
+ * BLAS's own thread count to 1..4 through dlsym, so libattn's save-and-restore runs).
+ * The harness does not re-implement the validation. Instead:
+ *   - if attn_forward accepts the call: every output matches the float64 oracle (computed from
+ *     copies of the inputs) within the tolerance of tests/support/reference.c, the inputs are
+ *     unchanged, output padding is untouched, and the BLAS thread count is what it was;
+ *   - if it rejects the call: no byte of any buffer changed, and there is a message.
  * Anything else aborts, which libFuzzer reports as a crash. Buffers are sized from the strides,
  * so reading outside a view is caught by AddressSanitizer.
+ *
+ * When the input runs out, further choices come from a generator seeded by the input rather
+ * than reading as zeros, and no invalid option is chosen from them.
  */
+#define _GNU_SOURCE
+#include <dlfcn.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -24,22 +38,33 @@
 typedef struct bytes {
     const uint8_t *p;
     size_t n, at;
+    uint64_t tail; /* generator for choices past the end of the input */
 } bytes;
 
 static unsigned byte(bytes *b)
 {
-    return b->at < b->n ? b->p[b->at++] : 0;
+    if (b->at < b->n)
+        return b->p[b->at++];
+    b->tail = b->tail * 6364136223846793005ull + 1442695040888963407ull;
+    return (unsigned)(b->tail >> 56);
 }
 
 static unsigned pick(bytes *b, unsigned n)
 {
-    return byte(b) % n;
+    return n <= 256 ? byte(b) % n : ((byte(b) << 8) | byte(b)) % n;
+}
+
+static unsigned range(bytes *b, unsigned lo, unsigned hi) /* inclusive */
+{
+    return lo + pick(b, hi - lo + 1);
 }
 
 /* 1 in 16: how often each invalid choice is taken, so that most inputs reach the computation
- * and every error path is still visited often. Never on exhausted input (which reads as 0). */
+ * and every error path is still visited often. Never once the input is exhausted. */
 static int rarely(bytes *b)
 {
+    if (b->at >= b->n)
+        return 0;
     return pick(b, 16) == 15;
 }
 
@@ -50,7 +75,7 @@ static float value(double amp)
     return (float)(((double)(seed_state >> 40) * 0x1p-24 - 0.5) * 2.0 * amp);
 }
 
-#define MAX_ELEMS (1u << 22) /* largest buffer the harness will allocate, in elements */
+#define MAX_ELEMS (1u << 23) /* largest buffer the harness will allocate, in elements */
 
 /* Strides for a [B, H, L, W] view chosen by the input; *extent = elements the view spans, or 0
  * when the strides are negative or the extent is too large to allocate. Every choice is either
@@ -88,18 +113,109 @@ static attn_strides decode_strides(bytes *b, int64_t B, int64_t H, int64_t L, in
     return s;
 }
 
-/* A buffer for a view: the view's extent, or one element when the view cannot be valid. */
-static float *view_buffer(int64_t extent, double amp, float fill_padding)
+/* ---- buffers and their snapshots --------------------------------------------------------- */
+
+typedef struct buffer {
+    void *p;      /* what the harness allocated */
+    void *snap;   /* a copy taken just before the call */
+    size_t bytes; /* allocated size */
+} buffer;
+
+static void *buffer_alloc(buffer *b, size_t size)
+{
+    b->bytes = size ? size : 1;
+    b->p = malloc(b->bytes);
+    b->snap = NULL;
+    return b->p;
+}
+
+static float *float_buffer(buffer *b, int64_t extent, double amp, float fill)
 {
     size_t n = extent > 0 ? (size_t)extent : 1;
-    float *p = malloc(n * sizeof *p);
+    float *p = buffer_alloc(b, n * sizeof(float));
     for (size_t i = 0; i < n; i++)
-        p[i] = fill_padding == 0.0f ? value(amp) : fill_padding;
+        p[i] = fill == 0.0f ? value(amp) : fill;
     return p;
 }
 
-/* Outcome counts, for judging how much of the corpus reaches the computation. */
-long fuzz_outcomes[3]; /* create rejected, call rejected, call accepted and checked */
+static void buffer_snapshot(buffer *b)
+{
+    if (!b->p)
+        return;
+    b->snap = malloc(b->bytes);
+    memcpy(b->snap, b->p, b->bytes);
+}
+
+static int buffer_changed(const buffer *b)
+{
+    return b->p && memcmp(b->p, b->snap, b->bytes) != 0;
+}
+
+static void buffer_free(buffer *b)
+{
+    free(b->p);
+    free(b->snap);
+}
+
+/* The same address in the snapshot of the buffer that holds p. */
+static const void *in_snapshot(const buffer *b, const void *p)
+{
+    return (const char *)b->snap + ((const char *)p - (const char *)b->p);
+}
+
+/* Whether the view's elements (width w, element size es) are unchanged from the snapshot. */
+static int view_unchanged(const buffer *b, const void *base, attn_strides s, int64_t B, int64_t H,
+                          int64_t L, int64_t w, size_t es)
+{
+    const char *now = base, *then = in_snapshot(b, base);
+    for (int64_t i = 0; i < B; i++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t r = 0; r < L; r++) {
+                size_t at = (size_t)(i * s.batch + h * s.head + r * s.seq) * es;
+                if (memcmp(now + at, then + at, (size_t)w * es) != 0)
+                    return 0;
+            }
+    return 1;
+}
+
+/* ---- the BLAS's own thread count --------------------------------------------------------- */
+
+typedef int (*get_fn)(void);
+typedef void (*set_fn)(int);
+static get_fn blas_get;
+static set_fn blas_set;
+static int blas_looked_up;
+
+static void find_blas_count(void)
+{
+    blas_looked_up = 1;
+    void *par = dlsym(RTLD_DEFAULT, "openblas_get_parallel"), *g = NULL, *s = NULL;
+    if (par) {
+        get_fn parallel;
+        memcpy(&parallel, &par, sizeof par);
+        int mode = parallel();
+        if (mode == 1)
+            g = dlsym(RTLD_DEFAULT, "openblas_get_num_threads"),
+            s = dlsym(RTLD_DEFAULT, "openblas_set_num_threads");
+        else if (mode == 2)
+            g = dlsym(RTLD_DEFAULT, "omp_get_max_threads"),
+            s = dlsym(RTLD_DEFAULT, "omp_set_num_threads");
+    } else {
+        g = dlsym(RTLD_DEFAULT, "bli_thread_get_num_threads");
+        s = dlsym(RTLD_DEFAULT, "bli_thread_set_num_threads");
+    }
+    if (g && s) {
+        memcpy(&blas_get, &g, sizeof g);
+        memcpy(&blas_set, &s, sizeof s);
+    }
+}
+
+/* ---- outcomes ---------------------------------------------------------------------------- */
+
+/* create rejected, call rejected, call accepted and checked, oracle failures counted instead of
+ * aborting (only with FUZZ_COUNT_FAILURES set: for measuring how the oracle sees a sabotaged
+ * library). */
+long fuzz_outcomes[4];
 
 static void fail(const char *what, const char *detail)
 {
@@ -107,176 +223,320 @@ static void fail(const char *what, const char *detail)
     abort();
 }
 
+static const int64_t windows[] = {-1, -1, -1, 0, 1, 3, 17, 40, 300, ATTN_MAX_DISTANCE - 1,
+                                  ATTN_MAX_DISTANCE};
+
+static int64_t decode_window(bytes *in, int invalid)
+{
+    if (invalid) {
+        static const int64_t bad[] = {-2, INT64_MAX, ATTN_MAX_DISTANCE + 1, INT64_MIN};
+        return bad[pick(in, 4)];
+    }
+    return windows[pick(in, sizeof windows / sizeof windows[0])];
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    bytes in = {data, size, 0};
+    if (!blas_looked_up)
+        find_blas_count();
     seed_state = 0x9E3779B97F4A7C15ull ^ size;
     for (size_t i = 0; i < size; i++)
         seed_state = seed_state * 31 + data[i];
+    bytes in = {data, size, 0, seed_state ^ 0x5851F42D4C957F2Dull};
 
+    /* ---- descriptor ---- */
     attn_desc d;
     attn_desc_init(&d);
-    int64_t Hkv = 1 + pick(&in, 3), group = 1 + pick(&in, 3);
+    enum { SMALL, WIDE, BLOCKS, SPLIT_SETS, SPLIT_WAVES } mode;
+    unsigned m = pick(&in, 16); /* the split-key modes are the most expensive for the oracle */
+    mode = m < 8 ? SMALL : m < 11 ? WIDE : m < 13 ? BLOCKS : m < 15 ? SPLIT_SETS : SPLIT_WAVES;
+    static const uint32_t wide_dims[] = {21, 24, 32, 33, 48, 64, 80, 96, 128, 200, 256};
+    int64_t Hkv, group;
+    uint32_t D, Dv;
+    switch (mode) {
+    case WIDE:
+        Hkv = range(&in, 1, 2), group = range(&in, 1, 2);
+        D = wide_dims[pick(&in, 11)], Dv = pick(&in, 2) ? wide_dims[pick(&in, 11)] : range(&in, 1, 20);
+        break;
+    case SPLIT_SETS:
+        Hkv = range(&in, 1, 2), group = range(&in, 4, 9);
+        D = range(&in, 1, 16), Dv = range(&in, 1, 16);
+        break;
+    case SPLIT_WAVES: /* see the sizes below */
+        Hkv = 4, group = range(&in, 1, 2);
+        D = range(&in, 1, 8), Dv = range(&in, 1, 8);
+        break;
+    default:
+        Hkv = range(&in, 1, 3), group = range(&in, 1, 3);
+        D = range(&in, 1, 20), Dv = range(&in, 1, 20);
+        break;
+    }
+    /* at most one invalid field (1 in 16), so that most descriptors are valid */
+    enum { NONE, HEADS, DIM, SCALE, FLAGS, WLEFT, WRIGHT, ROWS, THREADS, WS_SIZE, WS_ALIGN, WS_NULL };
+    int bad = rarely(&in) ? 1 + (int)pick(&in, 11) : NONE;
     d.kv_heads = (uint32_t)Hkv;
-    d.q_heads = (uint32_t)(Hkv * group + rarely(&in)); /* sometimes not a multiple */
-    d.qk_dim = rarely(&in) ? 0 : 1 + pick(&in, 20);
-    d.v_dim = 1 + pick(&in, 20);
+    d.q_heads = (uint32_t)(Hkv * group + (bad == HEADS)); /* not a multiple */
+    d.qk_dim = bad == DIM ? (pick(&in, 2) ? 0 : ATTN_MAX_HEAD_DIM + 1) : D;
+    d.v_dim = Dv;
     static const float scales[] = {0.0f, 0.125f, 1.0f, -0.5f, 3.0f};
-    d.scale = rarely(&in) ? (pick(&in, 2) ? NAN : INFINITY) : scales[pick(&in, 5)];
-    d.flags = rarely(&in) ? byte(&in) << 1 : 0; /* sometimes unknown bits */
+    d.scale = bad == SCALE ? (pick(&in, 2) ? NAN : INFINITY) : scales[pick(&in, 5)];
+    d.flags = bad == FLAGS ? (byte(&in) | 1) << 2 : 0; /* unknown bits */
     if (pick(&in, 2))
         d.flags |= ATTN_CAUSAL;
-    if (pick(&in, 4) == 0)
+    if (pick(&in, 6) == 0)
         d.flags |= ATTN_BLAS_THREADS_UNTOUCHED;
-    static const int64_t windows[] = {-1, -1, -1, 0, 1, 3, 17, 40};
-    d.window_left = rarely(&in) ? (pick(&in, 2) ? -2 : INT64_MAX) : windows[pick(&in, 8)];
-    d.window_right = rarely(&in) ? ATTN_MAX_DISTANCE + 1 : windows[pick(&in, 8)];
-    d.masked_rows = (attn_masked_rows)(rarely(&in) ? 2 : pick(&in, 2));
-    d.threads = pick(&in, 4);
+    d.window_left = decode_window(&in, bad == WLEFT);
+    d.window_right = decode_window(&in, bad == WRIGHT);
+    d.masked_rows = (attn_masked_rows)(bad == ROWS ? 2 : pick(&in, 2));
+    d.threads = bad == THREADS ? ATTN_MAX_THREADS + 1 : pick(&in, 9);
+    if (mode == SPLIT_WAVES && bad != THREADS)
+        d.threads = range(&in, 1, 2); /* 64 partial slots per thread */
 
+    /* ---- context: attn_create, or attn_create_static in caller memory ---- */
     attn_ctx *ctx = NULL;
-    attn_status st = attn_create(&d, &ctx);
+    attn_status st;
+    void *workspace = NULL;
+    int use_static = pick(&in, 4) == 0 || bad >= WS_SIZE;
+    if (use_static) {
+        size_t need = attn_workspace_size(&d);
+        size_t give = need, shift = 0;
+        if (bad == WS_SIZE)
+            give = need ? need - 1 : 0;
+        if (bad == WS_ALIGN)
+            shift = 8; /* misaligned */
+        workspace = aligned_alloc(ATTN_WORKSPACE_ALIGN,
+                                  (need + shift + ATTN_WORKSPACE_ALIGN) / ATTN_WORKSPACE_ALIGN *
+                                      ATTN_WORKSPACE_ALIGN);
+        st = attn_create_static(&d, bad == WS_NULL ? NULL : (char *)workspace + shift, give, &ctx);
+    } else {
+        st = attn_create(&d, &ctx);
+    }
     if (st != ATTN_OK) {
         if (ctx)
             fail("attn_create", "failed but set the context");
+        if (!attn_last_error(NULL)[0])
+            fail("attn_create", "failed without a message");
         fuzz_outcomes[0]++;
         if (getenv("FUZZ_VERBOSE"))
             fprintf(stderr, "create rejected: %s\n", attn_last_error(NULL));
+        free(workspace);
         return 0;
     }
 
-    int64_t B = rarely(&in) ? 0 : 1 + pick(&in, 3);
-    int64_t Hq = d.q_heads, D = d.qk_dim, Dv = d.v_dim;
-    int decode = pick(&in, 4) == 0;
-    int64_t Lq = decode ? 1 + pick(&in, 16) : (rarely(&in) ? 0 : 1 + pick(&in, 40));
-    int64_t Lk = decode ? 512 + 8 * (int64_t)byte(&in) : 1 + pick(&in, 70);
+    /* ---- sizes ---- */
+    int64_t B, Lq, Lk;
+    switch (mode) {
+    case WIDE: B = range(&in, 1, 2), Lq = range(&in, 1, 20), Lk = range(&in, 1, 80); break;
+    case BLOCKS: B = range(&in, 1, 2), Lq = range(&in, 65, 200), Lk = range(&in, 1, 100); break;
+    case SPLIT_SETS: B = 1, Lq = range(&in, 4, 16), Lk = range(&in, 512, 1500); break;
+    /* 2 batches x 4 kv heads x 9..20 chunks of 1024 keys: 72..160 partials for the 64 or 128
+     * slots of 1 or 2 threads, so the partials come in waves and row sets span two waves */
+    case SPLIT_WAVES: B = 2, Lq = range(&in, 1, 2), Lk = range(&in, 8193, 20000); break;
+    default: {
+        int decode = pick(&in, 4) == 0;
+        B = range(&in, 1, 3);
+        Lq = decode ? range(&in, 1, 16) : range(&in, 1, 40);
+        Lk = decode ? 512 + 8 * (int64_t)byte(&in) : range(&in, 1, 70);
+    }
+    }
+    if (rarely(&in))
+        B = 0;
+    if (rarely(&in))
+        Lq = 0;
     static const double amps[] = {1.0, 1.0, 30.0, 1e4};
     double amp = amps[pick(&in, 4)];
+    int64_t Hq = d.q_heads;
 
     attn_args a;
     attn_args_init(&a);
     a.batch = (uint32_t)B, a.q_len = (uint32_t)Lq, a.kv_len = (uint32_t)Lk;
     int64_t eq, ek, ev, eo, em = 0, eb = 0;
     int64_t Bs = B ? B : 1, Lqs = Lq ? Lq : 1;
-    a.q_strides = decode_strides(&in, Bs, Hq, Lqs, D ? D : 1, 0, 1, &eq);
-    a.k_strides = decode_strides(&in, Bs, Hkv, Lk, D ? D : 1, 0, 1, &ek);
-    a.v_strides = decode_strides(&in, Bs, Hkv, Lk, Dv, 0, 1, &ev);
+    a.q_strides = decode_strides(&in, Bs, Hq, Lqs, D, 0, 1, &eq);
+    a.k_strides = decode_strides(&in, Bs, Hkv, Lk, D, 0, 1, &ek);
+    if (mode == SPLIT_WAVES) { /* one K and V shared by every batch and head: small buffers */
+        a.k_strides = (attn_strides){0, 0, D};
+        ek = Lk * D;
+        a.v_strides = (attn_strides){0, 0, Dv};
+        ev = Lk * Dv;
+    } else {
+        a.v_strides = decode_strides(&in, Bs, Hkv, Lk, Dv, 0, 1, &ev);
+    }
     a.out_strides = decode_strides(&in, Bs, Hq, Lqs, Dv, 1, 0, &eo);
-    float *q = view_buffer(eq, 1.0, 0), *k = view_buffer(ek, 1.0, 0), *v = view_buffer(ev, 1.0, 0);
-    for (int64_t i = 0; i < eq; i++) q[i] *= (float)amp;
-    a.q = q, a.k = k, a.v = v;
-    const float sentinel = -12345.0f;
-    size_t out_n = eo > 0 ? (size_t)eo : 1;
-    float *out = view_buffer(eo, 0, sentinel);
-    a.out = out;
-    if (rarely(&in))
-        a.out = (float *)q; /* aliasing an input */
 
+    buffer bq = {0}, bk = {0}, bv = {0}, bo = {0}, bm = {0}, bb = {0}, bl = {0}, blse = {0},
+           bent = {0}, bw = {0};
+    const float sentinel = -12345.0f;
+    /* Partial aliasing: the output starts inside Q's buffer (its view overlaps Q's), so Q's
+     * buffer is made large enough for both. */
+    int out_in_q = rarely(&in) && eq > 0 && eo > 0;
+    int64_t shift = out_in_q ? (int64_t)pick(&in, (unsigned)(eq < 65536 ? eq : 65536)) : 0;
+    float *q = float_buffer(&bq, out_in_q ? shift + eo > eq ? shift + eo : eq : eq, amp, 0);
+    float *k = float_buffer(&bk, ek, 1.0, 0), *v = float_buffer(&bv, ev, 1.0, 0);
+    a.q = q, a.k = k, a.v = v;
+    float *out = float_buffer(&bo, eo, 0, sentinel);
+    a.out = out_in_q ? q + shift : out;
     if (rarely(&in))
-        a.q_offset = pick(&in, 2) ? INT64_MAX : -ATTN_MAX_DISTANCE - 1;
-    else if (pick(&in, 2))
-        a.q_offset = (int64_t)pick(&in, 90) - 45;
-    int32_t lens[3];
+        a.out = q; /* the same base as an input */
+
+    if (rarely(&in)) {
+        static const int64_t bad_offsets[] = {INT64_MAX, -ATTN_MAX_DISTANCE - 1, ATTN_MAX_DISTANCE + 1};
+        a.q_offset = bad_offsets[pick(&in, 3)];
+    } else {
+        switch (pick(&in, 10)) {
+        case 0: case 1: case 2: case 3: break; /* the default */
+        case 4: a.q_offset = ATTN_MAX_DISTANCE; break;
+        case 5: a.q_offset = -ATTN_MAX_DISTANCE; break;
+        default: a.q_offset = (int64_t)pick(&in, 90) - 45; break;
+        }
+    }
+    int32_t *lens = NULL;
     if (pick(&in, 3) == 0) {
-        for (int i = 0; i < 3; i++)
+        lens = buffer_alloc(&bl, (size_t)Bs * sizeof *lens);
+        for (int64_t i = 0; i < Bs; i++)
             lens[i] = rarely(&in) ? (int32_t)Lk + 1 : (int32_t)pick(&in, (unsigned)Lk + 1);
         a.kv_lens = lens;
     }
-    uint8_t *mask = NULL;
-    float *bias = NULL;
     if (pick(&in, 3) == 0) {
         a.mask_strides = decode_strides(&in, Bs, Hq, Lqs, Lk, 0, 0, &em);
-        mask = malloc(em > 0 ? (size_t)em : 1);
+        uint8_t *mask = buffer_alloc(&bm, em > 0 ? (size_t)em : 1);
         for (int64_t i = 0; i < (em > 0 ? em : 1); i++)
             mask[i] = (uint8_t)(value(1.0) > -0.6f);
         a.mask = mask;
     }
     if (pick(&in, 3) == 0) {
         a.bias_strides = decode_strides(&in, Bs, Hq, Lqs, Lk, 0, 0, &eb);
-        bias = view_buffer(eb, 3.0, 0);
+        float *bias = float_buffer(&bb, eb, 3.0, 0);
         if (eb > 0 && pick(&in, 2))
             bias[pick(&in, 256) % (unsigned)eb] = -INFINITY;
         a.bias = bias;
     }
     size_t rows = (size_t)(Bs * Hq * Lqs), wn = rows * (size_t)Lk;
-    float *lse = NULL, *ent = NULL, *w = NULL;
+    if (pick(&in, 2))
+        a.lse = float_buffer(&blse, (int64_t)rows, 0, sentinel);
     if (pick(&in, 2)) {
-        lse = malloc(rows * sizeof *lse);
-        for (size_t i = 0; i < rows; i++) lse[i] = sentinel;
-        a.lse = lse;
-    }
-    if (pick(&in, 2)) {
-        ent = malloc(rows * sizeof *ent);
-        for (size_t i = 0; i < rows; i++) ent[i] = sentinel;
-        a.entropy = ent;
+        a.entropy = float_buffer(&bent, (int64_t)rows, 0, sentinel);
+        if (a.lse && rarely(&in))
+            a.entropy = a.lse + pick(&in, (unsigned)rows); /* overlapping outputs */
     }
     unsigned wm = pick(&in, 3);
     if (wm && wn <= MAX_ELEMS) {
         a.weights_mode = (attn_weights_mode)(rarely(&in) ? 7 : wm);
-        w = malloc(wn * sizeof *w);
-        for (size_t i = 0; i < wn; i++) w[i] = sentinel;
-        a.weights = w;
+        a.weights = float_buffer(&bw, (int64_t)wn, 0, sentinel);
+    }
+    const attn_args *pass = &a;
+    if (rarely(&in)) {
+        switch (pick(&in, 6)) { /* a required pointer missing */
+        case 0: a.q = NULL; break;
+        case 1: a.k = NULL; break;
+        case 2: a.v = NULL; break;
+        case 3: a.out = NULL; break;
+        case 4: a.weights = NULL; a.weights_mode = ATTN_WEIGHTS_PER_HEAD; break;
+        default: pass = NULL; break;
+        }
     }
     if (rarely(&in))
         a.struct_size--;
 
+    /* The BLAS runs multi-threaded outside attn_forward unless the descriptor asks libattn to
+     * leave it alone (then a threaded BLAS inside the tiles would only make the run slow). */
+    int blas_threads = 0;
+    if (blas_set) {
+        blas_threads = (d.flags & ATTN_BLAS_THREADS_UNTOUCHED) ? 1 : (int)range(&in, 1, 4);
+        blas_set(blas_threads);
+        blas_threads = blas_get();
+    }
+
     if (getenv("FUZZ_VERBOSE"))
         fprintf(stderr,
-                "B=%lld Hq=%lld Hkv=%lld Lq=%lld Lk=%lld D=%lld Dv=%lld flags=%x win=(%lld,%lld) "
-                "threads=%u off=%lld out strides {%lld,%lld,%lld} extent %lld mask %s {%lld,%lld,%lld} "
-                "extent %lld\n",
-                (long long)B, (long long)Hq, (long long)Hkv, (long long)Lq, (long long)Lk,
-                (long long)D, (long long)Dv, d.flags, (long long)d.window_left,
-                (long long)d.window_right, d.threads, (long long)a.q_offset,
-                (long long)a.out_strides.batch, (long long)a.out_strides.head,
-                (long long)a.out_strides.seq, (long long)eo, a.mask ? "yes" : "no",
-                (long long)a.mask_strides.batch, (long long)a.mask_strides.head,
-                (long long)a.mask_strides.seq, (long long)em);
-    st = attn_forward(ctx, &a);
+                "mode=%d B=%lld Hq=%lld Hkv=%lld Lq=%lld Lk=%lld D=%u Dv=%u flags=%x "
+                "win=(%lld,%lld) threads=%u static=%d blas=%d off=%lld amp=%g out strides "
+                "{%lld,%lld,%lld} extent %lld%s mask %s\n",
+                (int)mode, (long long)B, (long long)Hq, (long long)Hkv, (long long)Lq,
+                (long long)Lk, D, Dv, d.flags, (long long)d.window_left,
+                (long long)d.window_right, d.threads, use_static, blas_threads,
+                (long long)a.q_offset, amp, (long long)a.out_strides.batch,
+                (long long)a.out_strides.head, (long long)a.out_strides.seq, (long long)eo,
+                out_in_q ? " inside q" : "", a.mask ? "yes" : "no");
+
+    buffer *all[] = {&bq, &bk, &bv, &bo, &bm, &bb, &bl, &blse, &bent, &bw};
+    const size_t nall = sizeof all / sizeof all[0];
+    for (size_t i = 0; i < nall; i++)
+        buffer_snapshot(all[i]);
+    st = attn_forward(ctx, pass);
+    if (blas_set && blas_get() != blas_threads)
+        fail("BLAS thread count", "not restored after the call");
+    if (st == ATTN_ERR_BUSY || st == ATTN_ERR_FORKED)
+        fail("attn_forward", "a single-threaded caller was told the context is busy or forked");
     if (st != ATTN_OK) {
-        for (size_t i = 0; i < out_n; i++)
-            if (out[i] != sentinel)
-                fail("rejected call wrote out", attn_last_error(ctx));
-        for (size_t i = 0; lse && i < rows; i++)
-            if (lse[i] != sentinel)
-                fail("rejected call wrote lse", attn_last_error(ctx));
-        for (size_t i = 0; ent && i < rows; i++)
-            if (ent[i] != sentinel)
-                fail("rejected call wrote entropy", attn_last_error(ctx));
-        for (size_t i = 0; w && i < wn; i++)
-            if (w[i] != sentinel)
-                fail("rejected call wrote weights", attn_last_error(ctx));
+        for (size_t i = 0; i < nall; i++)
+            if (buffer_changed(all[i]))
+                fail("rejected call wrote memory", attn_last_error(ctx));
         if (!attn_last_error(ctx)[0])
             fail("rejected call", "no message");
         fuzz_outcomes[1]++;
         if (getenv("FUZZ_VERBOSE"))
             fprintf(stderr, "rejected: %s\n", attn_last_error(ctx));
     } else {
-        if (a.out != out || eo <= 0)
-            fail("accepted call", "with an aliasing or impossible output view");
-        ref_problem p = ref_problem_from(&d, &a);
+        if (!pass || !a.q || !a.k || !a.v || !a.out || eq <= 0 || ek <= 0 || ev <= 0 || eo <= 0)
+            fail("accepted call", "with a NULL pointer or an impossible view");
+        /* inputs unchanged: every element of every input view */
+        if (!view_unchanged(&bq, a.q, a.q_strides, B, Hq, Lq, D, sizeof(float)) ||
+            !view_unchanged(&bk, a.k, a.k_strides, B, Hkv, Lk, D, sizeof(float)) ||
+            !view_unchanged(&bv, a.v, a.v_strides, B, Hkv, Lk, Dv, sizeof(float)) ||
+            (a.mask && !view_unchanged(&bm, a.mask, a.mask_strides, B, Hq, Lq, Lk, 1)) ||
+            (a.bias && !view_unchanged(&bb, a.bias, a.bias_strides, B, Hq, Lq, Lk, sizeof(float))) ||
+            (lens && memcmp(bl.p, bl.snap, bl.bytes) != 0))
+            fail("accepted call", "changed an input");
+        /* the oracle reads the inputs as they were before the call */
+        attn_args before = a;
+        before.q = in_snapshot(&bq, a.q), before.k = in_snapshot(&bk, a.k);
+        before.v = in_snapshot(&bv, a.v);
+        if (a.mask)
+            before.mask = in_snapshot(&bm, a.mask);
+        if (a.bias)
+            before.bias = in_snapshot(&bb, a.bias);
+        if (lens)
+            before.kv_lens = bl.snap;
+        ref_problem p = ref_problem_from(&d, &before);
         ref_result r;
         ref_attention(&p, &r);
         check_stats cs = {0};
         check_outputs(&p, &r, &d, &a, "fuzz", &cs);
-        if (cs.failures)
-            fail("result out of tolerance", cs.first_failure);
-        /* output padding untouched */
-        unsigned char *in_view = calloc(out_n, 1);
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t h = 0; h < Hq; h++)
-                for (int64_t i = 0; i < Lq; i++)
-                    memset(in_view + b * a.out_strides.batch + h * a.out_strides.head +
-                               i * a.out_strides.seq, 1, (size_t)Dv);
-        for (size_t i = 0; i < out_n; i++)
-            if (!in_view[i] && out[i] != sentinel)
-                fail("accepted call", "wrote output padding");
-        free(in_view);
+        if (getenv("FUZZ_VERBOSE")) {
+            long masked_rows = 0;
+            for (int64_t i = 0; i < B * Hq * Lq; i++)
+                masked_rows += r.masked[i];
+            fprintf(stderr, "oracle: %s amp=%g lse=%d worst=%.3g rows seeing no key %ld of %lld\n",
+                    cs.failures ? "fail" : "pass", amp, a.lse != NULL, cs.worst_ratio,
+                    masked_rows, (long long)(B * Hq * Lq));
+        }
+        if (cs.failures) {
+            if (getenv("FUZZ_COUNT_FAILURES"))
+                fuzz_outcomes[3]++;
+            else
+                fail("result out of tolerance", cs.first_failure);
+        }
+        if (a.out == out) { /* output padding untouched */
+            size_t out_n = (size_t)eo;
+            unsigned char *in_view = calloc(out_n, 1);
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t h = 0; h < Hq; h++)
+                    for (int64_t i = 0; i < Lq; i++)
+                        memset(in_view + b * a.out_strides.batch + h * a.out_strides.head +
+                                   i * a.out_strides.seq, 1, (size_t)Dv);
+            for (size_t i = 0; i < out_n; i++)
+                if (!in_view[i] && out[i] != sentinel)
+                    fail("accepted call", "wrote output padding");
+            free(in_view);
+        }
         ref_free(&r);
         fuzz_outcomes[2]++;
     }
     attn_destroy(ctx);
-    free(q), free(k), free(v), free(out), free(mask), free(bias), free(lse), free(ent), free(w);
+    free(workspace);
+    for (size_t i = 0; i < nall; i++)
+        buffer_free(all[i]);
     return 0;
 }

@@ -54,7 +54,7 @@ void ref_attention(const ref_problem *p, ref_result *r)
                 size_t row = (size_t)((b * p->Hq + h) * p->Lq + i);
                 const float *q = p->q + b * p->qs.batch + h * p->qs.head + i * p->qs.seq;
                 int64_t pos = i + p->q_offset;
-                double m = -INFINITY, sigma = 0.0;
+                double m = -INFINITY;
                 int64_t n_vis = 0;
                 for (int64_t j = 0; j < p->Lk; j++) {
                     int ok = 1;
@@ -84,7 +84,6 @@ void ref_attention(const ref_problem *p, ref_result *r)
                     if (ok) {
                         n_vis++;
                         m = x > m ? x : m;
-                        sigma = mag[j] > sigma ? mag[j] : sigma;
                     }
                 }
                 double *out = r->out + row * p->Dv, *out_tol = r->out_tol + row * p->Dv;
@@ -106,32 +105,55 @@ void ref_attention(const ref_problem *p, ref_result *r)
                             ent -= w[j] * log(w[j]);
                     }
                 /*
-                 * Error model of a float32 implementation. Each score carries an absolute error
-                 * of at most delta = (D + 3) u sigma (a D-term dot product, the scaling and the
-                 * bias addition), which perturbs every probability relatively by 2 delta; exp,
-                 * the division and the sums over n visible keys add (n + 8) u. The bounds are
-                 * first-order worst cases; the tests assert them with a safety factor of 2.
+                 * Error model of a float32 implementation (first order, asserted with a safety
+                 * factor of 2). Score j carries an absolute error of at most
+                 *   delta_j = (D + 3) u mag_j + 2 u (|x_j| + |m|)
+                 * (a D-term dot product in any summation order, the scaling, the bias addition,
+                 * and the subtraction of the running maximum). Under score errors e_i, |e_i| <=
+                 * delta_i, probability j moves by dp_j = p_j sum_{i != j} p_i (e_j - e_i), so its
+                 * relative error is at most
+                 *   rel_j = (1 - p_j) delta_j + sum_{i != j} p_i delta_i + (n + 8) u,
+                 * the last term for exp, the division and the sums over n visible keys. A key
+                 * that dominates its row (large logits) is therefore barely perturbed by the
+                 * errors of its own score: the common shift cancels in the normalisation.
+                 * Derived quantities follow: out_d = sum_j p_j v_jd, lse = m + ln l (error
+                 * sum_j p_j delta_j plus the rounding of ln and of the final sum), entropy
+                 * -sum_j p_j ln p_j (error sum_j |dp_j| |ln p_j| plus rounding).
                  */
-                double delta = (double)(p->D + 3) * U * sigma;
-                double rel = 2.0 * delta + (double)(n_vis + 8) * U;
+                double dbar = 0.0, *rel = mag;
                 for (int64_t j = 0; j < p->Lk; j++)
-                    w_tol[j] = 2.0 * rel * w[j] + 1e-37;
+                    if (vis[j]) {
+                        mag[j] = (double)(p->D + 3) * U * mag[j] + 2.0 * U * (fabs(s[j]) + fabs(m));
+                        dbar += w[j] * mag[j];
+                    }
+                double ent_err = 0.0;
+                for (int64_t j = 0; j < p->Lk; j++) {
+                    if (!vis[j]) {
+                        w_tol[j] = 1e-37;
+                        continue;
+                    }
+                    double dj = mag[j];
+                    rel[j] = (1.0 - w[j]) * dj + (dbar - w[j] * dj) + (double)(n_vis + 8) * U;
+                    w_tol[j] = 2.0 * rel[j] * w[j] + 1e-37;
+                    if (w[j] > 0.0)
+                        ent_err += rel[j] * w[j] * fabs(log(w[j]));
+                }
                 for (int64_t d = 0; d < p->Dv; d++) {
-                    double acc = 0.0, absacc = 0.0;
+                    double acc = 0.0, err = 0.0;
                     for (int64_t j = 0; j < p->Lk; j++)
                         if (vis[j]) {
                             double v = p->v[b * p->vs.batch + g * p->vs.head + j * p->vs.seq + d];
                             acc += w[j] * v;
-                            absacc += w[j] * fabs(v);
+                            err += rel[j] * w[j] * fabs(v);
                         }
                     out[d] = acc;
-                    out_tol[d] = 2.0 * rel * absacc + 1e-30;
+                    out_tol[d] = 2.0 * err + 1e-30;
                 }
                 r->lse[row] = lse;
-                r->lse_tol[row] = 2.0 * (delta + (double)(n_vis + 8) * U * (1.0 + fabs(lse)));
+                r->lse_tol[row] = 2.0 * (dbar + (double)(n_vis + 8) * U + 2.0 * U * fabs(lse));
                 r->entropy[row] = ent;
                 r->entropy_tol[row] =
-                    2.0 * (rel * (ent + 1.0) + (double)(n_vis + 8) * U * (ent + log((double)n_vis) + 1.0)) +
+                    2.0 * (ent_err + (double)(n_vis + 8) * U * (ent + log((double)n_vis) + 1.0)) +
                     1e-30;
             }
     free(s);
