@@ -26,16 +26,12 @@
 
 #include <attn/attn.h>
 
+#include "support/blas_next.h"
 #include "support/check.h"
 #include "support/reference.h"
 #include "support/util.h"
 
 /* ---- the interposer ---------------------------------------------------------------------- */
-
-typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int,
-                         const float *, int, float, float *, int);
-typedef void (*sgemv_fn)(int, int, int, int, float, const float *, int, const float *, int, float,
-                         float *, int);
 
 static atomic_int armed;    /* 1: the next BLAS call stops and waits for `release` */
 static sem_t inside, release;
@@ -54,15 +50,8 @@ void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha, co
 void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha, const float *a,
                  int lda, const float *b, int ldb, float beta, float *c, int ldc)
 {
-    static _Atomic(sgemm_fn) real;
-    if (!real) {
-        void *sym = dlsym(RTLD_NEXT, "cblas_sgemm");
-        sgemm_fn f;
-        memcpy(&f, &sym, sizeof f); /* POSIX guarantees the conversion; ISO C does not */
-        real = f;
-    }
     maybe_hold();
-    real(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    attn_test_next_sgemm()(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 void cblas_sgemv(int order, int ta, int m, int n, float alpha, const float *a, int lda,
@@ -70,15 +59,8 @@ void cblas_sgemv(int order, int ta, int m, int n, float alpha, const float *a, i
 void cblas_sgemv(int order, int ta, int m, int n, float alpha, const float *a, int lda,
                  const float *x, int incx, float beta, float *y, int incy)
 {
-    static _Atomic(sgemv_fn) real;
-    if (!real) {
-        void *sym = dlsym(RTLD_NEXT, "cblas_sgemv");
-        sgemv_fn f;
-        memcpy(&f, &sym, sizeof f);
-        real = f;
-    }
     maybe_hold();
-    real(order, ta, m, n, alpha, a, lda, x, incx, beta, y, incy);
+    attn_test_next_sgemv()(order, ta, m, n, alpha, a, lda, x, incx, beta, y, incy);
 }
 
 /* ---- one problem ------------------------------------------------------------------------- */

@@ -33,6 +33,7 @@
 
 #include <attn/attn.h>
 
+#include "support/blas_next.h"
 #include "support/check.h"
 #include "support/reference.h"
 #include "support/util.h"
@@ -40,9 +41,6 @@
 enum { CHILD_ALARM_S = 60, FORKS = 40 };
 
 /* ---- the interposer: holds one chosen call inside attn_forward --------------------------- */
-
-typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int,
-                         const float *, int, float, float *, int);
 
 /* OpenBLAS itself is not fork-safe: a fork taken while another thread is inside one of its
  * calls can leave its memory-pool lock held in the child, whose first BLAS call then blocks
@@ -61,13 +59,7 @@ void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha, co
 void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha, const float *a,
                  int lda, const float *b, int ldb, float beta, float *c, int ldc)
 {
-    static _Atomic(sgemm_fn) real;
-    if (!real) {
-        void *sym = dlsym(RTLD_NEXT, "cblas_sgemm");
-        sgemm_fn f;
-        memcpy(&f, &sym, sizeof f); /* POSIX guarantees the conversion; ISO C does not */
-        real = f;
-    }
+    attn_test_sgemm_fn real = attn_test_next_sgemm();
     if (!is_looper && atomic_exchange(&armed, 0)) {
         sem_post(&inside);
         while (sem_wait(&release) != 0) {
@@ -111,12 +103,12 @@ int openblas_get_num_threads(void);
 int openblas_get_num_threads(void)
 {
     typedef int (*count_fn)(void);
-    static _Atomic(count_fn) real;
+    static _Atomic(count_fn) next;
+    count_fn real = atomic_load(&next);
     if (!real) {
         void *sym = dlsym(RTLD_NEXT, "openblas_get_num_threads");
-        count_fn f;
-        memcpy(&f, &sym, sizeof f);
-        real = f;
+        memcpy(&real, &sym, sizeof real);
+        atomic_store(&next, real);
     }
     if (atomic_exchange(&hold_lock, 0)) {
         sem_post(&lock_inside);

@@ -21,12 +21,8 @@
 
 #include <attn/attn.h>
 
+#include "support/blas_next.h"
 #include "support/util.h"
-
-/* The CBLAS prototype with the C types every LP64 CBLAS uses (enums and 32-bit int), so this
- * interposer needs no particular BLAS's cblas.h. */
-typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int,
-                         const float *, int, float, float *, int);
 
 /* Updated from every thread that runs tiles, hence atomic. */
 static _Atomic long calls;
@@ -37,14 +33,9 @@ void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha, co
 void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha, const float *a,
                  int lda, const float *b, int ldb, float beta, float *c, int ldc)
 {
-    static sgemm_fn real;
-    if (!real) {
-        void *sym = dlsym(RTLD_NEXT, "cblas_sgemm");
-        memcpy(&real, &sym, sizeof real); /* POSIX guarantees the conversion; ISO C does not */
-    }
     calls++;
     volume += (long long)m * n * k;
-    real(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    attn_test_next_sgemm()(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 enum { B = 2, H = 2, L = 1024, D = 32 };

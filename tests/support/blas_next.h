@@ -1,0 +1,18 @@
+/*
+ * The real BLAS entry points behind a test's interposers: a test that defines cblas_sgemm or
+ * cblas_sgemv itself (to hold a call inside libattn, or to count calls) forwards to these.
+ * Safe to call from any thread; the lookup is done once and published atomically.
+ */
+#ifndef ATTN_TEST_BLAS_NEXT_H
+#define ATTN_TEST_BLAS_NEXT_H
+
+typedef void (*attn_test_sgemm_fn)(int, int, int, int, int, int, float, const float *, int,
+                                   const float *, int, float, float *, int);
+typedef void (*attn_test_sgemv_fn)(int, int, int, int, float, const float *, int, const float *,
+                                   int, float, float *, int);
+
+/* The next definition of cblas_sgemm / cblas_sgemv after the calling executable's own. */
+attn_test_sgemm_fn attn_test_next_sgemm(void);
+attn_test_sgemv_fn attn_test_next_sgemv(void);
+
+#endif
