@@ -61,6 +61,10 @@ enum { ATTN_WIDEN_F16 = 1, ATTN_WIDEN_BF16 = 2 };
  * comes out quiet, with the rest of its payload. */
 typedef void (*attn_widen_fn)(float *dst, const uint16_t *src, size_t n, uint32_t dtype);
 
+/* dst[k] = src[k] rounded to the 16-bit type (ATTN_WIDEN_F16 or ATTN_WIDEN_BF16) to nearest
+ * even, k < n; see attn_float_to_half / attn_float_to_bf16 for overflow and NaN. */
+typedef void (*attn_narrow_fn)(uint16_t *dst, const float *src, size_t n, uint32_t dtype);
+
 /* Most query rows the thin (streaming) kernels take: decoding's few rows per kv head. */
 #define ATTN_THIN_ROWS 16
 
@@ -85,6 +89,7 @@ typedef struct attn_kernels {
     attn_probs_row_fn probs_row;
     attn_dropout_row_fn dropout_row;
     attn_widen_fn widen;
+    attn_narrow_fn narrow;
     attn_keep_row_fn keep_row;
     attn_thin_scores_fn thin_scores;
     attn_thin_values_fn thin_values;
@@ -101,6 +106,9 @@ void attn_dropout_fill_scalar(attn_kernels *t);
 void attn_widen_fill_scalar(attn_kernels *t);
 void attn_widen_fill_avx2(attn_kernels *t);   /* F16C: dispatch checks the CPU has it */
 void attn_widen_fill_avx512(attn_kernels *t);
+void attn_narrow_fill_scalar(attn_kernels *t);
+void attn_narrow_fill_avx2(attn_kernels *t);  /* F16C, like the widening */
+void attn_narrow_fill_avx512(attn_kernels *t);
 void attn_thin_fill_scalar(attn_kernels *t);
 void attn_thin_fill_avx512(attn_kernels *t);
 void attn_dropout_fill_avx2(attn_kernels *t);
