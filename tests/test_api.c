@@ -101,8 +101,8 @@ static void test_desc_errors(void **state)
 static void test_status_strings(void **state)
 {
     (void)state;
-    const char *seen[ATTN_ERR_FORKED + 1];
-    for (int s = 0; s <= ATTN_ERR_FORKED; s++) {
+    const char *seen[ATTN_ERR_CAPACITY + 1];
+    for (int s = 0; s <= ATTN_ERR_CAPACITY; s++) {
         seen[s] = attn_status_str((attn_status)s);
         assert_non_null(seen[s]);
         assert_int_equal(strncmp(seen[s], "ATTN_", 5), 0);
@@ -118,6 +118,7 @@ static void test_status_strings(void **state)
     assert_int_equal(ATTN_ERR_THREADS, 17);
     assert_int_equal(ATTN_ERR_BUSY, 18);
     assert_int_equal(ATTN_ERR_FORKED, 19);
+    assert_int_equal(ATTN_ERR_CAPACITY, 20);
 }
 
 static void test_version(void **state)

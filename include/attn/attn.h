@@ -67,8 +67,9 @@ typedef enum attn_status {
     ATTN_ERR_NO_MEMORY = 16,      /* the allocator returned NULL */
     ATTN_ERR_THREADS = 17,        /* the system could not start a worker thread */
     ATTN_ERR_BUSY = 18,           /* the context is already in use by another call (thread) */
-    ATTN_ERR_FORKED = 19          /* the context was inherited across fork(): its worker threads
+    ATTN_ERR_FORKED = 19,         /* the context was inherited across fork(): its worker threads
                                      do not exist in this process */
+    ATTN_ERR_CAPACITY = 20        /* a K/V cache has no room for the tokens (attn_kv_cache.h) */
 } attn_status;
 
 /*

@@ -160,7 +160,7 @@ static void key_item(void *arg, int64_t item, attn_scratch *w)
     int64_t j0 = kb * ATTN_BWD_KEYS, n = p->kv_len - j0 < ATTN_BWD_KEYS ? p->kv_len - j0 : ATTN_BWD_KEYS;
     memset(s->dk, 0, (size_t)(n * Dk) * sizeof(float));
     memset(s->dv, 0, (size_t)(n * Dv) * sizeof(float));
-    int64_t keys = p->kv_lens ? p->kv_lens[b] : p->kv_len;
+    int64_t keys = attn_problem_keys(p, b);
     for (int64_t h = g * group; j0 < keys && h < (g + 1) * group; h++)
         for (int64_t qb = 0; qb < job->q_blocks; qb++) {
             attn_task t;
@@ -202,8 +202,9 @@ static void query_block(const bwd_job *job, attn_scratch *w, int64_t b, int64_t 
     attn_task_block(p, w, &t, b, h, qb * job->block_rows);
     memset(s->dq, 0, (size_t)(t.rows * Dk) * sizeof(float));
     row_values(c, &t, s);
-    for (int64_t j0 = t.klo; j0 < t.khi; j0 += ATTN_TILE_K) {
-        int64_t n = t.khi - j0 < ATTN_TILE_K ? t.khi - j0 : ATTN_TILE_K;
+    for (int64_t j0 = t.klo, end; j0 < t.khi; j0 = end) {
+        end = attn_kv_tile_end(p->kv, j0, t.khi);
+        int64_t n = end - j0;
         if (!tile_ds(c, &t, s, j0, n, NULL, 0))
             continue;
         attn_kv_tile k = attn_kv_get(p->kv, ATTN_KV_KEYS, b, t.g, j0, n, w->convert);

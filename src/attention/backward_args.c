@@ -113,6 +113,7 @@ attn_status attn_backward_check(attn_ctx *ctx, const attn_backward_args *caller,
     p->vis.window_right = d->window_right;
     p->vis.q_offset = a.q_offset == ATTN_Q_OFFSET_DEFAULT ? Lk - Lq : a.q_offset;
     p->kv_lens = a.kv_lens;
+    p->q_at_end = 0;
     p->q = a.q, p->q_strides = a.q_strides, p->ldq = t[T_Q].ld;
     p->mask = a.mask, p->mask_strides = a.mask_strides;
     p->bias = a.bias, p->bias_strides = a.bias_strides;

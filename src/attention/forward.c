@@ -131,24 +131,26 @@ attn_status attn_forward(attn_ctx *ctx, const attn_args *args)
         return st;
     attn_forward_call c;
     st = attn_forward_check(ctx, args, &c);
-    if (st != ATTN_OK) {
-        attn_call_leave(ctx);
-        return st;
-    }
-    const attn_problem *p = &c.p;
+    if (st == ATTN_OK)
+        attn_forward_execute(ctx, &c);
+    attn_call_leave(ctx);
+    return st;
+}
+
+void attn_forward_execute(attn_ctx *ctx, attn_forward_call *c)
+{
+    const attn_problem *p = &c->p;
     int64_t rows = attn_block_rows(ctx);
-    block_job job = {&c, rows, attn_tiles(p->q_len, rows)};
+    block_job job = {c, rows, attn_tiles(p->q_len, rows)};
     attn_engine_section s;
     attn_engine_begin(&s, ctx);
     if (p->q_len <= ATTN_SPLIT_MAX_QUERIES && p->kv_len >= ATTN_SPLIT_MIN_KEYS &&
-        c.weights_mode == ATTN_WEIGHTS_NONE)
-        attn_forward_split(&c, &s);
-    else if (c.weights_mode == ATTN_WEIGHTS_HEAD_MEAN)
+        c->weights_mode == ATTN_WEIGHTS_NONE)
+        attn_forward_split(c, &s);
+    else if (c->weights_mode == ATTN_WEIGHTS_HEAD_MEAN)
         attn_engine_run(&s, block_all_heads_item, &job, p->batch * job.blocks);
     else
         attn_engine_run(&s, block_item, &job, p->batch * ctx->desc.q_heads * job.blocks);
     attn_engine_end(&s);
     attn_clear_error(ctx);
-    attn_call_leave(ctx);
-    return ATTN_OK;
 }

@@ -28,6 +28,17 @@ typedef struct attn_forward_call {
  * ATTN_OK or the first violation, with the message recorded in ctx. Reads only. */
 attn_status attn_forward_check(attn_ctx *ctx, const attn_args *args, attn_forward_call *call);
 
+/* The two halves of attn_forward_check: the struct-size check and load into *a, then the
+ * checks of the loaded arguments. cache_kv_len >= 0 says K and V come from a cache with that
+ * key extent: args->k, v and kv_lens must then be NULL, queries sit at the end of each
+ * sequence when q_offset is the default, and the caller fills call->kv afterwards. */
+attn_status attn_forward_load(attn_ctx *ctx, const attn_args *caller, attn_args *a);
+attn_status attn_forward_check_loaded(attn_ctx *ctx, const attn_args *a, attn_forward_call *call,
+                                      int64_t cache_kv_len);
+
+/* Runs a checked call on the context's threads (the busy guard already held). */
+void attn_forward_execute(attn_ctx *ctx, attn_forward_call *call);
+
 /* A partial result of the split-key path: one chunk of keys for one group of query rows. */
 typedef struct attn_partial {
     float *acc;             /* ATTN_GROUP_ROWS x v_dim */

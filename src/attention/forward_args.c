@@ -48,9 +48,8 @@ static attn_status output_strides(attn_ctx *ctx, attn_tensor *t)
     return ATTN_OK;
 }
 
-attn_status attn_forward_check(attn_ctx *ctx, const attn_args *caller, attn_forward_call *c)
+attn_status attn_forward_load(attn_ctx *ctx, const attn_args *caller, attn_args *a)
 {
-    const attn_desc *d = &ctx->desc;
     if (!caller)
         return attn_fail(ctx, ATTN_ERR_NULL_POINTER, "args is NULL");
     if (!attn_abi_size_known(caller->struct_size, args_sizes, sizeof args_sizes / sizeof args_sizes[0]))
@@ -58,22 +57,38 @@ attn_status attn_forward_check(attn_ctx *ctx, const attn_args *caller, attn_forw
                          "args->struct_size = %zu is not the size of an attn_args of this or an "
                          "earlier version (%zu): initialise with attn_args_init",
                          caller->struct_size, sizeof(attn_args));
-    attn_args a;
-    attn_abi_load(&a, &args_defaults, caller, caller->struct_size, sizeof a);
+    attn_abi_load(a, &args_defaults, caller, caller->struct_size, sizeof *a);
+    return ATTN_OK;
+}
 
-    int64_t B = a.batch, Lq = a.q_len, Lk = a.kv_len;
+attn_status attn_forward_check(attn_ctx *ctx, const attn_args *caller, attn_forward_call *c)
+{
+    attn_args a;
+    attn_status st = attn_forward_load(ctx, caller, &a);
+    return st != ATTN_OK ? st : attn_forward_check_loaded(ctx, &a, c, -1);
+}
+
+attn_status attn_forward_check_loaded(attn_ctx *ctx, const attn_args *args, attn_forward_call *c,
+                                      int64_t cache_kv_len)
+{
+    const attn_desc *d = &ctx->desc;
+    const attn_args a = *args;
+    int cached = cache_kv_len >= 0; /* K and V come from a cache: args->k, v, kv_lens unused */
+    int64_t B = a.batch, Lq = a.q_len, Lk = cached ? cache_kv_len : a.kv_len;
     int64_t Hq = d->q_heads, Hkv = d->kv_heads, Dk = d->qk_dim, Dv = d->v_dim;
     int64_t Hw = a.weights_mode == ATTN_WEIGHTS_HEAD_MEAN ? 1 : Hq;
     const uint32_t in = ATTN_USE_INPUT, out = ATTN_USE_OUTPUT, req = ATTN_USE_REQUIRED,
                    rows = ATTN_USE_BLAS_ROWS;
     attn_tensor t[T_COUNT] = {
         [T_Q] = {"q", a.q, ATTN_DTYPE_F32, in | req | rows, {B, Hq, Lq, Dk}, a.q_strides, 0, 0},
-        [T_K] = {"k", a.k, attn_kv_tensor_dtype(d->kv_dtype), in | req | rows, {B, Hkv, Lk, Dk}, a.k_strides, 0, 0},
-        [T_V] = {"v", a.v, attn_kv_tensor_dtype(d->kv_dtype), in | req | rows, {B, Hkv, Lk, Dv}, a.v_strides, 0, 0},
+        [T_K] = {"k", cached ? NULL : a.k, attn_kv_tensor_dtype(d->kv_dtype), in | req | rows,
+                 {B, Hkv, Lk, Dk}, a.k_strides, 0, 0},
+        [T_V] = {"v", cached ? NULL : a.v, attn_kv_tensor_dtype(d->kv_dtype), in | req | rows,
+                 {B, Hkv, Lk, Dv}, a.v_strides, 0, 0},
         [T_OUT] = {"out", a.out, ATTN_DTYPE_F32, out | req, {B, Hq, Lq, Dv}, a.out_strides, 0, 0},
         [T_MASK] = {"mask", a.mask, ATTN_DTYPE_U8, in, {B, Hq, Lq, Lk}, a.mask_strides, 0, 0},
         [T_BIAS] = {"bias", a.bias, ATTN_DTYPE_F32, in, {B, Hq, Lq, Lk}, a.bias_strides, 0, 0},
-        [T_KV_LENS] = {"kv_lens", a.kv_lens, ATTN_DTYPE_I32, in, {B, 1, 1, 1}, {1, 0, 0}, 0, 0},
+        [T_KV_LENS] = {"kv_lens", cached ? NULL : a.kv_lens, ATTN_DTYPE_I32, in, {B, 1, 1, 1}, {1, 0, 0}, 0, 0},
         [T_WEIGHTS] = {"weights", a.weights, ATTN_DTYPE_F32, out, {B, Hw, Lq, Lk},
                        a.weights_strides, 0, 0},
         [T_LSE] = {"lse", a.lse, ATTN_DTYPE_F32, out, {B, Hq, Lq, 1}, a.lse_strides, 0, 0},
@@ -81,6 +96,8 @@ attn_status attn_forward_check(attn_ctx *ctx, const attn_args *caller, attn_forw
                        a.entropy_strides, 0, 0},
     };
     attn_status st;
+    if (cached) /* supplied by the cache */
+        t[T_K].use = t[T_V].use = in;
 
     /* pointers */
     if ((st = attn_tensors_check_present(ctx, "args", t, T_COUNT)) != ATTN_OK)
@@ -90,7 +107,7 @@ attn_status attn_forward_check(attn_ctx *ctx, const attn_args *caller, attn_forw
         return attn_fail(ctx, ATTN_ERR_NULL_POINTER,
                          "args->weights is NULL but args->weights_mode asks for weights");
     /* sizes */
-    if (a.batch == 0 || a.q_len == 0 || a.kv_len == 0)
+    if (a.batch == 0 || a.q_len == 0 || Lk == 0)
         return attn_fail(ctx, ATTN_ERR_ZERO_SIZE, "args->%s is 0",
                          a.batch == 0 ? "batch" : a.q_len == 0 ? "q_len" : "kv_len");
     /* options */
@@ -101,6 +118,10 @@ attn_status attn_forward_check(attn_ctx *ctx, const attn_args *caller, attn_forw
     if (a.weights_mode == ATTN_WEIGHTS_NONE && a.weights)
         return attn_fail(ctx, ATTN_ERR_BAD_OPTION,
                          "args->weights is set but args->weights_mode is ATTN_WEIGHTS_NONE");
+    if (cached && (a.k || a.v || a.kv_lens))
+        return attn_fail(ctx, ATTN_ERR_BAD_OPTION,
+                         "args->%s must be NULL when the keys and values come from a cache",
+                         a.k ? "k" : a.v ? "v" : "kv_lens");
     if (!(d->ops & ATTN_OP_FORWARD))
         return attn_fail(ctx, ATTN_ERR_BAD_OPTION,
                          "the context was created without ATTN_OP_FORWARD in desc->ops");
@@ -122,7 +143,7 @@ attn_status attn_forward_check(attn_ctx *ctx, const attn_args *caller, attn_forw
                          (long long)a.q_offset, (long long)-ATTN_MAX_DISTANCE,
                          (long long)ATTN_MAX_DISTANCE);
     /* kv_lens */
-    if (a.kv_lens)
+    if (a.kv_lens && !cached)
         for (int64_t b = 0; b < B; b++)
             if (a.kv_lens[b] < 0 || a.kv_lens[b] > Lk)
                 return attn_fail(ctx, ATTN_ERR_KV_LENS,
@@ -141,7 +162,8 @@ attn_status attn_forward_check(attn_ctx *ctx, const attn_args *caller, attn_forw
     p->vis.window_left = d->window_left;
     p->vis.window_right = d->window_right;
     p->vis.q_offset = a.q_offset == ATTN_Q_OFFSET_DEFAULT ? Lk - Lq : a.q_offset;
-    p->kv_lens = a.kv_lens;
+    p->q_at_end = cached && a.q_offset == ATTN_Q_OFFSET_DEFAULT;
+    p->kv_lens = cached ? NULL : a.kv_lens;
     p->q = a.q;
     p->q_strides = a.q_strides;
     p->ldq = t[T_Q].ld;
@@ -149,7 +171,8 @@ attn_status attn_forward_check(attn_ctx *ctx, const attn_args *caller, attn_forw
     p->mask_strides = a.mask_strides;
     p->bias = a.bias;
     p->bias_strides = a.bias_strides;
-    attn_kv_source_strided(&c->kv, ctx, &t[T_K], &t[T_V]);
+    if (!cached) /* a cache's caller fills c->kv */
+        attn_kv_source_strided(&c->kv, ctx, &t[T_K], &t[T_V]);
     p->kv = &c->kv;
     p->score = &attn_score_dot;
     p->entropy = a.entropy != NULL;

@@ -38,8 +38,9 @@ void attn_write_weights(const attn_forward_call *c, const attn_task *t)
             memset(row + t->khi, 0, (size_t)(Lk - t->khi) * sizeof *row);
         }
     }
-    for (int64_t j0 = t->klo; j0 < t->khi; j0 += ATTN_TILE_K) {
-        int64_t n = t->khi - j0 < ATTN_TILE_K ? t->khi - j0 : ATTN_TILE_K;
+    for (int64_t j0 = t->klo, end; j0 < t->khi; j0 = end) {
+        end = attn_kv_tile_end(p->kv, j0, t->khi);
+        int64_t n = end - j0;
         int64_t sa[ATTN_TILE_Q / ATTN_SUB_ROWS], sz[ATTN_TILE_Q / ATTN_SUB_ROWS];
         attn_tile_scores(p, t, j0, n, sa, sz); /* the scores the online pass saw */
         for (int64_t r = 0; r < t->rows; r++) {

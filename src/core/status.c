@@ -30,6 +30,7 @@ const char *attn_status_str(attn_status status)
     case ATTN_ERR_THREADS: return "ATTN_ERR_THREADS: a worker thread could not be started";
     case ATTN_ERR_BUSY: return "ATTN_ERR_BUSY: the context is in use by another call";
     case ATTN_ERR_FORKED: return "ATTN_ERR_FORKED: the context was inherited across fork()";
+    case ATTN_ERR_CAPACITY: return "ATTN_ERR_CAPACITY: the K/V cache has no room for the tokens";
     }
     return "unknown status";
 }

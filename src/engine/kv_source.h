@@ -12,6 +12,7 @@
 
 #include "core/context.h"
 #include "core/tensor.h"
+#include "engine/tiles.h"
 #include "kernels/softmax.h"
 
 enum { ATTN_KV_KEYS = 0, ATTN_KV_VALUES = 1 };
@@ -36,7 +37,31 @@ struct attn_kv_source {
     int64_t width[2];           /* qk_dim, v_dim */
     int64_t convert_stride;     /* floats between the key and the value tile in `convert` */
     const attn_kernels *kernels;
+    /* A paged source's tiles may not cross a multiple of `block` keys (0: no limit); the engine
+     * cuts its key tiles there (attn_kv_tile_end). */
+    int64_t block;
+    /* Keys of batch entry b when the source knows them (a cache's sequence lengths); NULL: the
+     * problem's kv_lens or kv_len. */
+    int64_t (*keys)(const attn_kv_source *src, int64_t b);
 };
+
+/* End of the key tile that starts at j0, for keys before `hi`: at most ATTN_TILE_K keys, and
+ * never across a block boundary of a paged source. Every loop over key tiles uses it, so the
+ * online pass and the weights see the same tiles. */
+static inline int64_t attn_kv_tile_end(const attn_kv_source *src, int64_t j0, int64_t hi)
+{
+    int64_t end = hi - j0 < ATTN_TILE_K ? hi : j0 + ATTN_TILE_K;
+    if (src->block) {
+        int64_t edge = (j0 / src->block + 1) * src->block;
+        end = end < edge ? end : edge;
+    }
+    return end;
+}
+
+/* Widens n rows of 16-bit elements (rows `ld` elements apart, `width` wide) into consecutive
+ * float rows at dst, and returns the float tile. For sources whose storage is 16-bit. */
+attn_kv_tile attn_kv_widen_rows(const attn_kv_source *src, const void *rows, int64_t ld,
+                                uint32_t dtype, int64_t n, int64_t width, float *dst);
 
 /* A source reading K and V through their strides (already validated): in place when they are
  * float, widened tile by tile into the thread's convert buffer when they are 16-bit. */

@@ -129,8 +129,8 @@ void attn_online_range(const attn_problem *p, const attn_task *t, int64_t from, 
         state[r] = attn_state_empty();
     memset(acc, 0, (size_t)t->rows * p->ctx->desc.v_dim * sizeof(float));
     int64_t lo = from > t->klo ? from : t->klo, hi = to < t->khi ? to : t->khi;
-    for (int64_t j0 = lo; j0 < hi; j0 += ATTN_TILE_K) {
-        int64_t n = hi - j0 < ATTN_TILE_K ? hi - j0 : ATTN_TILE_K;
-        online_tile(p, t, j0, n, state, acc);
+    for (int64_t j0 = lo, end; j0 < hi; j0 = end) {
+        end = attn_kv_tile_end(p->kv, j0, hi);
+        online_tile(p, t, j0, end - j0, state, acc);
     }
 }

@@ -20,7 +20,9 @@ typedef struct attn_problem {
     const attn_ctx *ctx;          /* kernels, scale, heads, dims, per-thread scratch */
     int64_t batch, q_len, kv_len;
     attn_visibility vis;          /* q_offset resolved */
-    const int32_t *kv_lens;       /* NULL: every batch has kv_len keys */
+    const int32_t *kv_lens;       /* NULL: every batch has kv_len keys (or kv->keys says) */
+    int q_at_end;                 /* 1: batch b's query row 0 sits at keys(b) - q_len on the key
+                                     axis (vis.q_offset is ignored) */
     const float *q;               /* [batch, q_heads, q_len, qk_dim] */
     attn_strides q_strides;
     int ldq;
@@ -33,6 +35,12 @@ typedef struct attn_problem {
     int entropy;                  /* keep the entropy accumulator u */
     const attn_dropout *dropout;  /* NULL: no dropout */
 } attn_problem;
+
+/* Keys of batch entry b: the source's count, kv_lens[b], or kv_len. */
+static inline int64_t attn_problem_keys(const attn_problem *p, int64_t b)
+{
+    return p->kv->keys ? p->kv->keys(p->kv, b) : p->kv_lens ? (int64_t)p->kv_lens[b] : p->kv_len;
+}
 
 /* Whether a task of `rows` rows takes the thin (streaming) kernels instead of the BLAS. */
 int attn_engine_thin(const attn_ctx *ctx, int64_t rows);

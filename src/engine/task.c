@@ -6,8 +6,11 @@
 
 static void finish_setup(const attn_problem *p, attn_task *t)
 {
-    int64_t keys = p->kv_lens ? (int64_t)p->kv_lens[t->b] : p->kv_len;
-    attn_visible_rows(&p->vis, keys, t->w->row_i, t->rows, t->w->lo, t->w->hi, &t->klo, &t->khi);
+    int64_t keys = attn_problem_keys(p, t->b);
+    attn_visibility vis = p->vis;
+    if (p->q_at_end)
+        vis.q_offset = keys - p->q_len;
+    attn_visible_rows(&vis, keys, t->w->row_i, t->rows, t->w->lo, t->w->hi, &t->klo, &t->khi);
 }
 
 void attn_task_block(const attn_problem *p, attn_scratch *w, attn_task *t, int64_t b, int64_t h,
