@@ -31,6 +31,7 @@
 #include <time.h>
 
 #include <attn/attn.h>
+#include <attn/attn_kv_cache.h>
 #include <attn/attn_mha.h>
 #include <cblas.h>
 
@@ -45,29 +46,40 @@ typedef struct bench_case {
     int mha;       /* the attn_mha layer, self-attention with E = Hq·D and biases: 1 its forward,
                       2 its backward; GFLOP/s count the four projections (8 B L E², twice that
                       backward) plus the attention (4 B L² E, 2.5 times that backward) */
+    int cache;     /* K and V from an attn_kv_cache of kv_dtype (B sequences of Lk tokens, the
+                      queries being each sequence's last Lq) through attn_forward_cache */
 } bench_case;
 
 static const bench_case cases[] = {
-    {"enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0},
-    {"causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0},
-    {"bert-512", 4, 12, 12, 512, 512, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0},
-    {"d128-2k", 1, 8, 8, 2048, 2048, 128, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0},
-    {"gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0},
-    {"decode-4k", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32, 0, 0},
-    {"decode-gqa-8k", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32, 0, 0},
-    {"decode-4k-f16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0},
-    {"decode-4k-bf16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_BF16, 0, 0},
-    {"decode-gqa-8k-f16", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0},
-    {"long-8k", 1, 1, 1, 8192, 8192, 64, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0},
-    {"long-64k", 1, 1, 1, 65536, 65536, 64, 1, 0, 1, 0, 0.0f, ATTN_KV_F32, 0, 0},
-    {"enc-1k-drop", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.1f, ATTN_KV_F32, 0, 0},
-    {"bwd-enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 1, 0.0f, ATTN_KV_F32, 0, 0},
-    {"bwd-causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 1, 0.0f, ATTN_KV_F32, 0, 0},
-    {"bwd-gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 1, 0.0f, ATTN_KV_F32, 0, 0},
+    {"enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0},
+    {"causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0},
+    {"bert-512", 4, 12, 12, 512, 512, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0},
+    {"d128-2k", 1, 8, 8, 2048, 2048, 128, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0},
+    {"gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0},
+    {"decode-4k", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0},
+    {"decode-gqa-8k", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0},
+    {"decode-4k-f16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 0},
+    {"decode-4k-bf16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_BF16, 0, 0, 0},
+    {"decode-gqa-8k-f16", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 0},
+    {"long-8k", 1, 1, 1, 8192, 8192, 64, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0},
+    {"long-64k", 1, 1, 1, 65536, 65536, 64, 1, 0, 1, 0, 0.0f, ATTN_KV_F32, 0, 0, 0},
+    {"enc-1k-drop", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.1f, ATTN_KV_F32, 0, 0, 0},
+    {"bwd-enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 1, 0.0f, ATTN_KV_F32, 0, 0, 0},
+    {"bwd-causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 1, 0.0f, ATTN_KV_F32, 0, 0, 0},
+    {"bwd-gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 1, 0.0f, ATTN_KV_F32, 0, 0, 0},
     /* chunked prefill over a cache split 8 ways: 512 queries x 32 heads, 8 partials */
-    {"merge-8", 1, 32, 32, 512, 1, 128, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 8, 0},
-    {"mha-bert", 4, 12, 12, 512, 512, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 1},
-    {"bwd-mha-bert", 4, 12, 12, 512, 512, 64, 0, 0, 0, 1, 0.0f, ATTN_KV_F32, 0, 2},
+    {"merge-8", 1, 32, 32, 512, 1, 128, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 8, 0, 0},
+    {"mha-bert", 4, 12, 12, 512, 512, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 1, 0},
+    {"bwd-mha-bert", 4, 12, 12, 512, 512, 64, 0, 0, 0, 1, 0.0f, ATTN_KV_F32, 0, 2, 0},
+    /* the decode step from a K/V cache; the batch case: 8 sequences of 4k tokens, GQA 32/8 */
+    {"decode-4k-cache", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 1},
+    {"decode-4k-cache-f16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 1},
+    {"decode-4k-cache-bf16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_BF16, 0, 0, 1},
+    {"decode-gqa-8k-cache", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 1},
+    {"decode-gqa-8k-cache-f16", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 1},
+    {"decode-batch-32k", 8, 32, 8, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 1},
+    /* chunked prefill: 512 new queries at the end of a 4k-token cached sequence, causal */
+    {"prefill-chunk", 1, 32, 8, 512, 4096, 128, 1, 0, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 1},
 };
 enum { NCASES = sizeof cases / sizeof cases[0] };
 
@@ -321,6 +333,8 @@ typedef struct case_data {
     void *act, *saved;
     attn_mha_args margs;
     attn_mha_grads mgrads;
+    attn_kv_cache *cache;       /* cache cases: B sequences holding k and v */
+    uint32_t *seq_ids;
 } case_data;
 
 /* What a case runs on: a context, or a layer object. */
@@ -381,6 +395,36 @@ static void layer_data_init(const bench_case *c, case_data *cd)
     g->d_out_proj_weight = cd->dw_out, g->d_out_proj_bias = cd->db_out;
 }
 
+/* Cache cases: every sequence filled with its K and V (converted on append), and the call's
+ * k, v and kv_len left for the cache to supply. */
+static void cache_data_init(const bench_case *c, case_data *cd)
+{
+    attn_kv_cache_desc d;
+    attn_kv_cache_desc_init(&d);
+    d.kv_heads = c->Hkv, d.qk_dim = d.v_dim = c->D, d.dtype = c->kv_dtype;
+    d.max_seqs = c->B, d.capacity = (uint64_t)c->B * c->Lk;
+    if (attn_kv_cache_create(&d, &cd->cache) != ATTN_OK) {
+        fprintf(stderr, "attn-bench: %s: %s\n", c->name, attn_last_error(NULL));
+        exit(1);
+    }
+    cd->seq_ids = calloc(c->B, sizeof *cd->seq_ids);
+    if (!cd->seq_ids) {
+        fprintf(stderr, "attn-bench: out of memory\n");
+        exit(1);
+    }
+    attn_strides s = attn_strides_bhsd(c->Hkv, c->Lk, c->D);
+    for (uint32_t b = 0; b < c->B; b++) {
+        cd->seq_ids[b] = b;
+        if (attn_kv_cache_append(cd->cache, b, c->Lk, cd->k + b * s.batch, s, cd->v + b * s.batch,
+                                 s) != ATTN_OK) {
+            fprintf(stderr, "attn-bench: %s: %s\n", c->name, attn_kv_cache_last_error(cd->cache));
+            exit(1);
+        }
+    }
+    cd->args.k = cd->args.v = NULL;
+    cd->args.kv_len = 0;
+}
+
 static void case_data_init(const bench_case *c, case_data *cd)
 {
     memset(cd, 0, sizeof *cd);
@@ -398,7 +442,7 @@ static void case_data_init(const bench_case *c, case_data *cd)
     a->q = cd->q, a->q_strides = attn_strides_bhsd(c->Hq, c->Lq, c->D);
     a->k = cd->k, a->k_strides = attn_strides_bhsd(c->Hkv, c->Lk, c->D);
     a->v = cd->v, a->v_strides = attn_strides_bhsd(c->Hkv, c->Lk, c->D);
-    if (c->kv_dtype != ATTN_KV_F32) { /* 16-bit K and V: the upper halves (bfloat16) or ±1e-3 f16 */
+    if (c->kv_dtype != ATTN_KV_F32 && !c->cache) { /* 16-bit K and V: the upper halves (bfloat16) or ±1e-3 f16 */
         uint16_t *k16 = (uint16_t *)(void *)cd->k, *v16 = (uint16_t *)(void *)cd->v;
         for (size_t i = 0; i < cd->nkv; i++) { /* in place: element i is read before it is written */
             uint32_t kb, vb;
@@ -408,6 +452,10 @@ static void case_data_init(const bench_case *c, case_data *cd)
         }
     }
     a->out = cd->out, a->out_strides = attn_strides_bhsd(c->Hq, c->Lq, c->D);
+    if (c->cache) {
+        cache_data_init(c, cd);
+        return;
+    }
     cd->lse = cd->dout = cd->dq = cd->dk = cd->dv = NULL;
     cd->part_out = cd->part_lse = NULL;
     cd->parts = NULL;
@@ -453,6 +501,7 @@ static void case_data_free(case_data *cd)
     free(cd->part_out), free(cd->part_lse), free(cd->parts);
     free(cd->w_in), free(cd->b_in), free(cd->w_out), free(cd->b_out), free(cd->dw_in);
     free(cd->db_in), free(cd->dw_out), free(cd->db_out), free(cd->act), free(cd->saved);
+    attn_kv_cache_destroy(cd->cache), free(cd->seq_ids);
 }
 
 /* The timed call of a case: the forward, the merge, the layer, or (backward cases) the backward
@@ -464,6 +513,8 @@ static attn_status case_call(const bench_case *c, const bench_obj *o, const case
     if (c->mha)
         return c->backward ? attn_mha_backward(o->mha, &cd->margs, &cd->mgrads)
                            : attn_mha_forward(o->mha, &cd->margs);
+    if (c->cache)
+        return attn_forward_cache(o->ctx, &cd->args, cd->cache, cd->seq_ids);
     return c->backward ? attn_backward(o->ctx, &cd->bwd) : attn_forward(o->ctx, &cd->args);
 }
 
@@ -527,6 +578,7 @@ static void case_release(bench_obj *o)
 
 typedef struct result {
     double ms, gflops, ceiling, ratio, gbps, bandwidth, bw_ratio, rss_mib, data_mib;
+    double tokens; /* query tokens per second: B * Lq per call */
     size_t workspace;
 } result;
 
@@ -545,8 +597,11 @@ static result run_case(const bench_case *c, uint32_t threads, int reps, machine 
     bench_obj ctx = case_context(c, threads, &res.workspace);
     attn_status st;
     case_call_setup(c, &ctx, &cd);
-    double flops = 4.0 * c->B * c->Hq * (double)c->Lq * c->Lk * c->D * (c->causal ? 0.5 : 1.0) *
-                   (c->backward ? 2.5 : 1.0);
+    /* causal: half the square; a chunk at the end of longer keys sees Lk - Lq + i + 1 keys */
+    double pairs = c->causal && c->Lq < c->Lk
+                       ? (double)c->Lq * c->Lk - 0.5 * (double)c->Lq * (c->Lq - 1)
+                       : (double)c->Lq * c->Lk * (c->causal ? 0.5 : 1.0);
+    double flops = 4.0 * c->B * c->Hq * pairs * c->D * (c->backward ? 2.5 : 1.0);
     if (c->mha) { /* + the projections: four of 2 B L E² flops, twice that backward */
         double E = (double)c->Hq * c->D;
         flops += 8.0 * c->B * c->Lq * E * E * (c->backward ? 2.0 : 1.0);
@@ -589,6 +644,7 @@ static result run_case(const bench_case *c, uint32_t threads, int reps, machine 
     double sec = median(t, reps);
     res.ms = sec * 1e3;
     res.gflops = flops / sec / 1e9;
+    res.tokens = (double)c->B * c->Lq / sec;
     res.ceiling = median(ceil, reps);
     res.ratio = median(ratio, reps);
     res.gbps = bytes / sec / 1e9;
@@ -661,9 +717,9 @@ int main(int argc, char **argv)
             want_scaling = 1;
         else if (!strcmp(argv[i], "--list")) {
             for (int c = 0; c < NCASES; c++)
-                printf("%-14s B=%u Hq=%u Hkv=%u Lq=%u Lk=%u D=%u%s%s%s%s%s%s\n", cases[c].name,
+                printf("%-14s B=%u Hq=%u Hkv=%u Lq=%u Lk=%u D=%u%s%s%s%s%s%s%s\n", cases[c].name,
                        cases[c].B, cases[c].Hq, cases[c].Hkv, cases[c].Lq, cases[c].Lk, cases[c].D,
-                       cases[c].mha ? " MHA layer" : "",
+                       cases[c].mha ? " MHA layer" : "", cases[c].cache ? " K/V cache" : "",
                        cases[c].causal ? " causal" : "", cases[c].backward ? " backward" : "",
                        cases[c].dropout > 0.0f ? " dropout" : "",
                        cases[c].kv_dtype == ATTN_KV_F16    ? " f16 K/V"
@@ -733,8 +789,9 @@ int main(int argc, char **argv)
         printf("sgemm ceiling %.1f GFLOP/s, read bandwidth %.1f GB/s (medians of 5; each case\n"
                "also samples them between its runs and reports ratios to those samples)\n\n",
                median(c0, 5), median(b0, 5));
-        printf("%-14s %9s %9s %9s %7s %9s %9s %7s %9s %9s\n", "case", "median ms", "GFLOP/s",
-               "ceiling", "ratio", "K+V GB/s", "read GB/s", "ratio", "peak MiB", "data MiB");
+        printf("%-14s %9s %9s %9s %7s %9s %9s %7s %9s %9s %9s\n", "case", "median ms", "GFLOP/s",
+               "ceiling", "ratio", "K+V GB/s", "read GB/s", "ratio", "peak MiB", "data MiB",
+               "tokens/s");
     }
     for (int c = 0; c < NCASES; c++) {
         int run = nselected == 0 ? !cases[c].opt_in : 0;
@@ -748,21 +805,22 @@ int main(int argc, char **argv)
             printf("{\"case\": \"%s\", \"threads\": %d, \"median_ms\": %.4f, \"gflops\": %.2f, "
                    "\"ceiling_gflops\": %.2f, \"ratio\": %.4f, \"kv_gbps\": %.2f, "
                    "\"read_gbps\": %.2f, \"bandwidth_ratio\": %.4f, \"peak_rss_mib\": %.1f, "
-                   "\"data_mib\": %.1f, \"workspace_kib\": %.1f, \"blas_core\": \"%s\", "
-                   "\"kernels\": \"%s\"}\n",
+                   "\"data_mib\": %.1f, \"workspace_kib\": %.1f, \"tokens_per_s\": %.1f, "
+                   "\"blas_core\": \"%s\", \"kernels\": \"%s\"}\n",
                    cases[c].name, nthreads, r.ms, r.gflops, r.ceiling, r.ratio, r.gbps,
-                   r.bandwidth, r.bw_ratio, r.rss_mib, r.data_mib, r.workspace / 1024.0,
+                   r.bandwidth, r.bw_ratio, r.rss_mib, r.data_mib, r.workspace / 1024.0, r.tokens,
                    blas.core[0] ? blas.core : blas.name, attn_kernel_isa());
         } else if (cases[c].merge) {
             printf("%-14s %9.3f %9s %9s %7s %9.1f %9.1f %6.0f%% %9.1f %9.1f\n", cases[c].name, r.ms,
                    "", "", "", r.gbps, r.bandwidth, 100.0 * r.bw_ratio, r.rss_mib, r.data_mib);
         } else if (cases[c].decode) {
-            printf("%-14s %9.3f %9.1f %9.1f %6.0f%% %9.1f %9.1f %6.0f%% %9.1f %9.1f\n",
+            printf("%-14s %9.3f %9.1f %9.1f %6.0f%% %9.1f %9.1f %6.0f%% %9.1f %9.1f %9.0f\n",
                    cases[c].name, r.ms, r.gflops, r.ceiling, 100.0 * r.ratio, r.gbps, r.bandwidth,
-                   100.0 * r.bw_ratio, r.rss_mib, r.data_mib);
+                   100.0 * r.bw_ratio, r.rss_mib, r.data_mib, r.tokens);
         } else {
-            printf("%-14s %9.3f %9.1f %9.1f %6.0f%% %9s %9s %7s %9.1f %9.1f\n", cases[c].name,
-                   r.ms, r.gflops, r.ceiling, 100.0 * r.ratio, "", "", "", r.rss_mib, r.data_mib);
+            printf("%-14s %9.3f %9.1f %9.1f %6.0f%% %9s %9s %7s %9.1f %9.1f %9.0f\n", cases[c].name,
+                   r.ms, r.gflops, r.ceiling, 100.0 * r.ratio, "", "", "", r.rss_mib, r.data_mib,
+                   r.tokens);
         }
         fflush(stdout);
     }
