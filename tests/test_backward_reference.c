@@ -41,13 +41,7 @@ static void run_case(int index, attn_masked_rows policy, grad_stats *st)
     npy_array xdb = load_file(c.name, "dbias", c.has_bias);
 
     attn_desc d;
-    attn_desc_init(&d);
-    d.q_heads = (uint32_t)c.Hq, d.kv_heads = (uint32_t)c.Hkv;
-    d.qk_dim = (uint32_t)c.D, d.v_dim = (uint32_t)c.Dv;
-    d.scale = (float)c.scale;
-    d.flags = c.causal ? ATTN_CAUSAL : 0;
-    d.window_left = c.window_left, d.window_right = c.window_right;
-    d.masked_rows = policy;
+    case_desc(&c, policy, &d);
     d.ops = ATTN_OP_FORWARD | ATTN_OP_BACKWARD;
     attn_ctx *ctx;
     assert_int_equal(attn_create(&d, &ctx), ATTN_OK);
@@ -55,18 +49,7 @@ static void run_case(int index, attn_masked_rows policy, grad_stats *st)
     size_t rows = (size_t)(c.B * c.Hq * c.Lq);
     float *o = xcalloc(rows * c.Dv, sizeof(float)), *l = xcalloc(rows, sizeof(float));
     attn_args a;
-    attn_args_init(&a);
-    a.batch = (uint32_t)c.B, a.q_len = (uint32_t)c.Lq, a.kv_len = (uint32_t)c.Lk;
-    a.q = q.data, a.q_strides = attn_strides_bhsd(d.q_heads, a.q_len, d.qk_dim);
-    a.k = k.data, a.k_strides = attn_strides_bhsd(d.kv_heads, a.kv_len, d.qk_dim);
-    a.v = v.data, a.v_strides = attn_strides_bhsd(d.kv_heads, a.kv_len, d.v_dim);
-    a.out = o, a.out_strides = attn_strides_bhsd(d.q_heads, a.q_len, d.v_dim);
-    a.q_offset = c.q_offset == c.Lk - c.Lq ? ATTN_Q_OFFSET_DEFAULT : c.q_offset;
-    a.kv_lens = c.has_kv_lens ? c.kv_lens : NULL;
-    if (c.has_bias)
-        a.bias = bias.data, a.bias_strides = case_broadcast_strides(&bias);
-    if (c.has_mask)
-        a.mask = mask.data, a.mask_strides = case_broadcast_strides(&mask);
+    case_args(&c, &d, &q, &k, &v, o, &bias, &mask, &a);
     a.lse = l;
     assert_int_equal(attn_forward(ctx, &a), ATTN_OK);
 

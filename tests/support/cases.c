@@ -43,6 +43,35 @@ void case_expect_close_1e9(const char *name, const char *what, const double *our
                      theirs[i]);
 }
 
+void case_desc(const manifest_case *c, attn_masked_rows policy, attn_desc *d)
+{
+    attn_desc_init(d);
+    d->q_heads = (uint32_t)c->Hq, d->kv_heads = (uint32_t)c->Hkv;
+    d->qk_dim = (uint32_t)c->D, d->v_dim = (uint32_t)c->Dv;
+    d->scale = (float)c->scale;
+    d->flags = c->causal ? ATTN_CAUSAL : 0;
+    d->window_left = c->window_left, d->window_right = c->window_right;
+    d->masked_rows = policy;
+}
+
+void case_args(const manifest_case *c, const attn_desc *d, const npy_array *q,
+               const npy_array *k, const npy_array *v, float *out, const npy_array *bias,
+               const npy_array *mask, attn_args *a)
+{
+    attn_args_init(a);
+    a->batch = (uint32_t)c->B, a->q_len = (uint32_t)c->Lq, a->kv_len = (uint32_t)c->Lk;
+    a->q = q->data, a->q_strides = attn_strides_bhsd(d->q_heads, a->q_len, d->qk_dim);
+    a->k = k->data, a->k_strides = attn_strides_bhsd(d->kv_heads, a->kv_len, d->qk_dim);
+    a->v = v->data, a->v_strides = attn_strides_bhsd(d->kv_heads, a->kv_len, d->v_dim);
+    a->out = out, a->out_strides = attn_strides_bhsd(d->q_heads, a->q_len, d->v_dim);
+    a->q_offset = c->q_offset == c->Lk - c->Lq ? ATTN_Q_OFFSET_DEFAULT : c->q_offset;
+    a->kv_lens = c->has_kv_lens ? c->kv_lens : NULL;
+    if (c->has_bias)
+        a->bias = bias->data, a->bias_strides = case_broadcast_strides(bias);
+    if (c->has_mask)
+        a->mask = mask->data, a->mask_strides = case_broadcast_strides(mask);
+}
+
 int case_run_group(const char *group, int n, void (*test)(void **state))
 {
     struct CMUnitTest *tests = xcalloc((size_t)n, sizeof *tests);

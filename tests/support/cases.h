@@ -10,6 +10,7 @@
 
 #include <attn/attn.h>
 
+#include "manifest.h"
 #include "npy.h"
 
 /* <dir>/<case_name>/<file>.npy. A missing or unreadable file fails the current test when
@@ -24,6 +25,18 @@ attn_strides case_broadcast_strides(const npy_array *a);
  * the float64 oracle against the stored float64 results. `name` and `what` label the message. */
 void case_expect_close_1e9(const char *name, const char *what, const double *ours,
                            const double *theirs, size_t n);
+
+/* The descriptor of case c (heads, dims, scale, causal, window) with the given masked-row
+ * policy; the other fields at attn_desc_init's defaults. */
+void case_desc(const manifest_case *c, attn_masked_rows policy, attn_desc *d);
+
+/* The forward call of case c on the dense [B, H, L, D] arrays q, k, v and out under d (from
+ * case_desc): lengths, strides, q_offset (ATTN_Q_OFFSET_DEFAULT where the case's offset is the
+ * default one, so that the default is exercised), kv_lens, and bias and mask (read only when
+ * the case has them) through case_broadcast_strides. No weights, lse or entropy. */
+void case_args(const manifest_case *c, const attn_desc *d, const npy_array *q,
+               const npy_array *k, const npy_array *v, float *out, const npy_array *bias,
+               const npy_array *mask, attn_args *a);
 
 /* Runs the cmocka group `group` of n tests named case000, case001, ..., each calling `test`
  * with *state = (void *)(intptr_t)index. Returns the number of failed tests. */
