@@ -8,6 +8,7 @@ unit roundoff times the same computation on absolute values (the size of the sum
 """
 
 import sys
+import threading
 import unittest
 
 import numpy as np
@@ -424,6 +425,32 @@ class TestAgainstReference(Case):
             np.testing.assert_array_equal(w, outs[0][1])
             for n in g:
                 np.testing.assert_array_equal(g[n], outs[0][2][n])
+
+    def test_gil_is_released_during_forward_and_backward(self):
+        """With a switch interval of 1000 s the interpreter never takes the GIL from a thread
+        that holds it: another thread can run only if the layer's calls release it."""
+        rng = np.random.default_rng(11)
+        x = rand(rng, 2, 256, 64)
+        layer = attn.MultiheadAttention(64, 4, batch_first=True, threads=1)
+        for call in (lambda: layer(x, keep_for_backward=True),
+                     lambda: layer.backward(x, inputs=False)):
+            layer(x, keep_for_backward=True)
+            go, ran = threading.Event(), threading.Event()
+            worker = threading.Thread(target=lambda: (go.wait(), ran.set()))
+            worker.start()
+            old = sys.getswitchinterval()
+            sys.setswitchinterval(1000.0)
+            try:
+                go.set()
+                calls = 0
+                while not ran.is_set() and calls < 20:
+                    call()
+                    calls += 1
+                seen = ran.is_set()
+            finally:
+                sys.setswitchinterval(old)
+                worker.join()
+            self.assertTrue(seen, "no other thread ran during 20 calls: the GIL was held")
 
     def test_state_dict_round_trip(self):
         a = attn.MultiheadAttention(12, 3, kdim=5, vdim=7, seed=1)
