@@ -352,12 +352,13 @@ static int context_init(ContextObject *self, PyObject *args, PyObject *kwargs)
     return 0;
 }
 
-/* Acquires the context's lock, waiting with the GIL released if another thread holds it. */
-static void lock_context(ContextObject *self)
+/* Acquires an object's lock (a Context's or an MHA's), waiting with the GIL released if
+ * another thread holds it. */
+static void take_lock(PyThread_type_lock lock)
 {
-    if (!PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) {
+    if (!PyThread_acquire_lock(lock, NOWAIT_LOCK)) {
         Py_BEGIN_ALLOW_THREADS
-        PyThread_acquire_lock(self->lock, WAIT_LOCK);
+        PyThread_acquire_lock(lock, WAIT_LOCK);
         Py_END_ALLOW_THREADS
     }
 }
@@ -492,7 +493,7 @@ static PyObject *context_forward(ContextObject *self, PyObject *args, PyObject *
     /* The buffers stay acquired (their exporters cannot resize or free them) while the GIL is
      * released; the lock keeps other threads off the context and its error text. */
     attn_status st = ATTN_OK;
-    lock_context(self);
+    take_lock(self->lock);
     if (!self->ctx) {
         PyThread_release_lock(self->lock);
         PyErr_SetString(PyExc_ValueError, "the Context is closed");
@@ -646,7 +647,7 @@ static PyObject *context_backward(ContextObject *self, PyObject *args, PyObject 
     a.dropout_offset = dropout_offset;
 
     attn_status st = ATTN_OK;
-    lock_context(self);
+    take_lock(self->lock);
     if (!self->ctx) {
         PyThread_release_lock(self->lock);
         PyErr_SetString(PyExc_ValueError, "the Context is closed");
@@ -673,7 +674,7 @@ static PyObject *context_close(ContextObject *self, PyObject *unused)
 {
     (void)unused;
     if (self->ctx) {
-        lock_context(self);
+        take_lock(self->lock);
         attn_ctx *ctx = self->ctx;
         self->ctx = NULL;
         PyThread_release_lock(self->lock);
@@ -792,30 +793,13 @@ static int mha_init(MHAObject *self, PyObject *args, PyObject *kwargs)
     return 0;
 }
 
-static void lock_mha(MHAObject *self)
-{
-    if (!PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) {
-        Py_BEGIN_ALLOW_THREADS
-        PyThread_acquire_lock(self->lock, WAIT_LOCK);
-        Py_END_ALLOW_THREADS
-    }
-}
-
-/* Parses (batch, q_len, kv_len) for the size queries. */
-static int parse_blk(PyObject *args, const char *fname, uint32_t *b, uint32_t *lq, uint32_t *lk)
-{
-    PyObject *ob, *oq, *ok;
-    if (!PyArg_ParseTuple(args, "OOO", &ob, &oq, &ok))
-        return -1;
-    (void)fname;
-    return parse_u32(ob, "batch", b) || parse_u32(oq, "q_len", lq) || parse_u32(ok, "kv_len", lk)
-               ? -1 : 0;
-}
-
+/* activation_size(batch, q_len, kv_len) or, with `saved`, saved_size(...). */
 static PyObject *mha_size(MHAObject *self, PyObject *args, int saved)
 {
+    PyObject *ob, *oq, *ok;
     uint32_t b, lq, lk;
-    if (parse_blk(args, saved ? "saved_size" : "activation_size", &b, &lq, &lk))
+    if (!PyArg_ParseTuple(args, saved ? "OOO:saved_size" : "OOO:activation_size", &ob, &oq, &ok) ||
+        parse_u32(ob, "batch", &b) || parse_u32(oq, "q_len", &lq) || parse_u32(ok, "kv_len", &lk))
         return NULL;
     if (!self->mha) {
         PyErr_SetString(PyExc_ValueError, "the layer is closed");
@@ -1029,7 +1013,7 @@ static PyObject *mha_run(MHAObject *self, PyObject *args, int backward)
     PyObject *result = NULL;
     if (mha_load(self, d, backward, c))
         goto done;
-    lock_mha(self);
+    take_lock(self->lock);
     if (!self->mha) {
         PyThread_release_lock(self->lock);
         PyErr_SetString(PyExc_ValueError, "the layer is closed");
@@ -1066,7 +1050,7 @@ static PyObject *mha_close(MHAObject *self, PyObject *unused)
 {
     (void)unused;
     if (self->mha) {
-        lock_mha(self);
+        take_lock(self->lock);
         attn_mha *m = self->mha;
         self->mha = NULL;
         PyThread_release_lock(self->lock);

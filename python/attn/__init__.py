@@ -121,6 +121,14 @@ def _int_arg(x, name, lo, hi):
     return value
 
 
+def _probability(value, name):
+    """A float for libattn's dropout fields (libattn checks the range [0, 1) and NaN)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} = {value!r} must be a number in [0, 1)") from None
+
+
 def _choice(value, name, choices):
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} = {value!r} is not one of {', '.join(map(repr, choices))}")
@@ -241,10 +249,7 @@ class Context:
                                  "1/sqrt(qk_dim)); pass None for that default")
             if not abs(scale_c) <= float(np.finfo(np.float32).max):
                 raise ValueError(f"scale = {scale!r} is not finite in float32")
-        try:
-            dropout_c = float(dropout)
-        except (TypeError, ValueError):
-            raise ValueError(f"dropout = {dropout!r} must be a number in [0, 1)") from None
+        dropout_c = _probability(dropout, "dropout")
         kv_code = _choice(kv_dtype, "kv_dtype", _KV_DTYPES)
         left, right = _window(window)
         threads_c = 0 if threads is None else _int_arg(threads, "threads", 0, 2**32 - 1)
@@ -511,10 +516,7 @@ def dropout_mask(p, seed, offset, q_heads, batch, head, rows, cols, row0=0, col0
     count. This is the mask Context.forward applies with dropout=p, dropout_seed=seed and
     dropout_offset=offset (kept weights are scaled by 1 / (1 - p) there).
     """
-    try:
-        p_c = float(p)
-    except (TypeError, ValueError):
-        raise ValueError(f"p = {p!r} must be a number in [0, 1)") from None
+    p_c = _probability(p, "p")
     seed = _int_arg(seed, "seed", 0, 2**64 - 1)
     offset = _int_arg(offset, "offset", 0, 2**32 - 1)
     q_heads = _int_arg(q_heads, "q_heads", 0, 2**32 - 1)
@@ -627,10 +629,7 @@ class MultiheadAttention:
         kvh = 0 if kv_heads is None else _int_arg(kv_heads, "kv_heads", 1, 2**32 - 1)
         kd = E if kdim is None else _int_arg(kdim, "kdim", 1, 2**32 - 1)
         vd = E if vdim is None else _int_arg(vdim, "vdim", 1, 2**32 - 1)
-        try:
-            p = float(dropout)
-        except (TypeError, ValueError):
-            raise ValueError(f"dropout = {dropout!r} must be a number in [0, 1)") from None
+        p = _probability(dropout, "dropout")
         mr = _choice(masked_rows, "masked_rows", _MASKED_ROWS)
         th = 0 if threads is None else _int_arg(threads, "threads", 0, 2**32 - 1)
         self._desc = (E, H, kvh, kd, vd, bool(bias), bool(causal), mr, th)

@@ -8,7 +8,6 @@ unit roundoff times the same computation on absolute values (the size of the sum
 """
 
 import sys
-import threading
 import unittest
 
 import numpy as np
@@ -16,13 +15,16 @@ import numpy as np
 import attn
 from attn import _attn
 
-U = 2.0**-24
+import test_attn  # the comparison, its statistics and the GIL probe are shared
+from test_attn import U, Case, other_thread_ran, rand
+
 try:
     import torch
 except ImportError:  # python3-torch is optional
     torch = None
 
-WORST = {"ratio": 0.0, "arrays": 0, "torch_err": 0.0, "torch_arrays": 0}
+WORST = test_attn.WORST  # largest error / tolerance and arrays compared with float64
+TORCH = {"err": 0.0, "arrays": 0}
 
 
 # ---- the float64 reference layer --------------------------------------------------------------
@@ -151,30 +153,6 @@ def reference(params, query, key, value, *, heads, kv_heads=None, causal=False, 
         out["weights"] = np.where(empty[..., None], np.nan, out["weights"])
         out["mean"] = np.where(nanrow, np.nan, r["mean"])
     return out
-
-
-def rand(rng, *shape, amp=1.0):
-    return (amp * rng.standard_normal(shape)).astype(np.float32)
-
-
-class Case(unittest.TestCase):
-    def assert_close(self, got, want, tol, what):
-        got = np.asarray(got, np.float64)
-        self.assertEqual(got.shape, want.shape, what)
-        nan = np.isnan(want)
-        np.testing.assert_array_equal(np.isnan(got), nan, f"{what}: NaN positions")
-        fin = ~nan
-        err = np.abs(got[fin] - want[fin])
-        t = np.broadcast_to(tol, want.shape)[fin]
-        bad = err > t
-        if bad.any():
-            at = np.argwhere(fin)[np.argmax(bad)]
-            self.fail(f"{what}: {int(bad.sum())} elements outside the tolerance, first at "
-                      f"{tuple(at)}: got {got[tuple(at)]!r}, want {want[tuple(at)]!r}, "
-                      f"tol {np.broadcast_to(tol, want.shape)[tuple(at)]:.3g}")
-        WORST["arrays"] += 1
-        if err.size:
-            WORST["ratio"] = max(WORST["ratio"], float((err / t).max()))
 
 
 def params_of(layer):
@@ -435,22 +413,8 @@ class TestAgainstReference(Case):
         for call in (lambda: layer(x, keep_for_backward=True),
                      lambda: layer.backward(x, inputs=False)):
             layer(x, keep_for_backward=True)
-            go, ran = threading.Event(), threading.Event()
-            worker = threading.Thread(target=lambda: (go.wait(), ran.set()))
-            worker.start()
-            old = sys.getswitchinterval()
-            sys.setswitchinterval(1000.0)
-            try:
-                go.set()
-                calls = 0
-                while not ran.is_set() and calls < 20:
-                    call()
-                    calls += 1
-                seen = ran.is_set()
-            finally:
-                sys.setswitchinterval(old)
-                worker.join()
-            self.assertTrue(seen, "no other thread ran during 20 calls: the GIL was held")
+            self.assertTrue(other_thread_ran(call, 20),
+                            "no other thread ran during 20 calls: the GIL was held")
 
     def test_state_dict_round_trip(self):
         a = attn.MultiheadAttention(12, 3, kdim=5, vdim=7, seed=1)
@@ -496,9 +460,9 @@ class TestAgainstPyTorch(Case):
         err = np.abs(got[fin] - want[fin])
         scale = max(1.0, float(np.abs(want[fin]).max()) if fin.any() else 1.0)
         self.assertLess(float(err.max()) if err.size else 0.0, 1e-4 * scale, what)
-        WORST["torch_arrays"] += 1
+        TORCH["arrays"] += 1
         if err.size:
-            WORST["torch_err"] = max(WORST["torch_err"], float(err.max()) / scale)
+            TORCH["err"] = max(TORCH["err"], float(err.max()) / scale)
 
     def test_layer_against_torch(self):
         for n, case in enumerate(self.CASES):
@@ -759,8 +723,8 @@ def main():
     print(f"python MultiheadAttention tests: {result.testsRun} run, {len(result.failures)} "
           f"failed, {len(result.errors)} errors, {len(result.skipped)} skipped; "
           f"{WORST['arrays']} arrays compared with float64, largest error / tolerance "
-          f"{WORST['ratio']:.3g}; {WORST['torch_arrays']} arrays compared with PyTorch, largest "
-          f"error {WORST['torch_err']:.3g} (relative to max(1, |largest value|))")
+          f"{WORST['ratio']:.3g}; {TORCH['arrays']} arrays compared with PyTorch, largest "
+          f"error {TORCH['err']:.3g} (relative to max(1, |largest value|))")
     sys.exit(0 if result.wasSuccessful() else 1)
 
 
