@@ -13,12 +13,10 @@ machine disturbs both alike; the script prints the median time of each and their
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 benchmarks/compare_torch_mha.py [--bench PATH]
         [--threads N] [--reps N] [--case NAME]...
 """
-import argparse
-import json
-import os
-import subprocess
 import sys
 import time
+
+import torch_compare
 
 CASES = {  # B, H, L, E, backward
     "mha-bert": (4, 12, 512, 768, False),
@@ -48,41 +46,10 @@ def torch_layer(torch, name, reps):
         out.backward(dout)
         return time.perf_counter() - t0
 
-    step()
-    return sorted(step() for _ in range(reps))[reps // 2]
-
-
-def main():
-    here = os.path.dirname(os.path.abspath(__file__))
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bench", default=os.path.join(here, "..", "build", "benchmarks", "attn-bench"))
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--case", action="append")
-    args = ap.parse_args()
-    try:
-        import torch
-    except ImportError:
-        print("compare_torch_mha.py: PyTorch is not installed (Debian: apt-get install python3-torch)")
-        return 0
-    torch.set_num_threads(args.threads)
-    print(f"PyTorch {torch.__version__}, {args.threads} threads; times are medians, ratio = "
-          "PyTorch time / libattn time (backward cases: the backward only, on both sides)")
-    for name in args.case or list(CASES):
-        ours = []
-        theirs = []
-        for _ in range(2):  # alternate the two sides
-            out = subprocess.run([args.bench, "--case", name, "--json", "--reps", str(args.reps),
-                                  "--threads", str(args.threads)], capture_output=True, text=True,
-                                 check=True).stdout
-            ours.append(json.loads(out.splitlines()[-1])["median_ms"])
-            theirs.append(torch_layer(torch, name, args.reps) * 1e3)
-        a, t = sorted(ours)[0], sorted(theirs)[0]
-        print(f"{name:14s} libattn {a:9.2f} ms   PyTorch nn.MultiheadAttention {t:9.2f} ms   "
-              f"x{t / a:.2f}")
-        sys.stdout.flush()
-    return 0
+    return torch_compare.median_seconds(step, reps)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(torch_compare.main("compare_torch_mha.py", CASES, torch_layer,
+                                "PyTorch nn.MultiheadAttention",
+                                "backward cases: the backward only, on both sides"))

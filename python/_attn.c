@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include <attn/attn.h>
+#include <attn/attn_mha.h>
 
 /* ---- errors -------------------------------------------------------------------------------- */
 
@@ -351,12 +352,13 @@ static int context_init(ContextObject *self, PyObject *args, PyObject *kwargs)
     return 0;
 }
 
-/* Acquires the context's lock, waiting with the GIL released if another thread holds it. */
-static void lock_context(ContextObject *self)
+/* Acquires an object's lock (a Context's or an MHA's), waiting with the GIL released if
+ * another thread holds it. */
+static void take_lock(PyThread_type_lock lock)
 {
-    if (!PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) {
+    if (!PyThread_acquire_lock(lock, NOWAIT_LOCK)) {
         Py_BEGIN_ALLOW_THREADS
-        PyThread_acquire_lock(self->lock, WAIT_LOCK);
+        PyThread_acquire_lock(lock, WAIT_LOCK);
         Py_END_ALLOW_THREADS
     }
 }
@@ -491,7 +493,7 @@ static PyObject *context_forward(ContextObject *self, PyObject *args, PyObject *
     /* The buffers stay acquired (their exporters cannot resize or free them) while the GIL is
      * released; the lock keeps other threads off the context and its error text. */
     attn_status st = ATTN_OK;
-    lock_context(self);
+    take_lock(self->lock);
     if (!self->ctx) {
         PyThread_release_lock(self->lock);
         PyErr_SetString(PyExc_ValueError, "the Context is closed");
@@ -645,7 +647,7 @@ static PyObject *context_backward(ContextObject *self, PyObject *args, PyObject 
     a.dropout_offset = dropout_offset;
 
     attn_status st = ATTN_OK;
-    lock_context(self);
+    take_lock(self->lock);
     if (!self->ctx) {
         PyThread_release_lock(self->lock);
         PyErr_SetString(PyExc_ValueError, "the Context is closed");
@@ -672,7 +674,7 @@ static PyObject *context_close(ContextObject *self, PyObject *unused)
 {
     (void)unused;
     if (self->ctx) {
-        lock_context(self);
+        take_lock(self->lock);
         attn_ctx *ctx = self->ctx;
         self->ctx = NULL;
         PyThread_release_lock(self->lock);
@@ -717,6 +719,383 @@ static PyTypeObject ContextType = {
     .tp_methods = context_methods,
     .tp_getset = context_getset,
     .tp_init = (initproc)context_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ---- multi-head attention layer ------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    attn_mha *mha;
+    int64_t E, H, kvE, kdim, vdim;
+    int bias;
+    PyThread_type_lock lock; /* held during a call: one thread at a time uses the layer */
+} MHAObject;
+
+static void mha_dealloc(MHAObject *self)
+{
+    attn_mha_destroy(self->mha); /* no call can be running: a call holds a reference to self */
+    if (self->lock)
+        PyThread_free_lock(self->lock);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* MHA(embed_dim, heads, kv_heads, kdim, vdim, bias, causal, masked_rows, dropout, threads):
+ * libattn's attn_mha_desc fields with its encodings (kv_heads, kdim, vdim 0 = the defaults). */
+static int mha_init(MHAObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"embed_dim", "heads", "kv_heads", "kdim", "vdim", "bias", "causal",
+                            "masked_rows", "dropout", "threads", NULL};
+    PyObject *oe, *oh, *okvh, *okd, *ovd, *omr, *oth;
+    int bias, causal;
+    double dropout;
+    if (self->mha) {
+        PyErr_SetString(PyExc_RuntimeError, "MHA is already initialised");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOppOdO:MHA", names, &oe, &oh, &okvh,
+                                     &okd, &ovd, &bias, &causal, &omr, &dropout, &oth))
+        return -1;
+    attn_mha_desc d;
+    attn_mha_desc_init(&d);
+    uint32_t masked_rows;
+    if (parse_u32(oe, "embed_dim", &d.embed_dim) || parse_u32(oh, "heads", &d.heads) ||
+        parse_u32(okvh, "kv_heads", &d.kv_heads) || parse_u32(okd, "kdim", &d.kdim) ||
+        parse_u32(ovd, "vdim", &d.vdim) || parse_u32(omr, "masked_rows", &masked_rows) ||
+        parse_u32(oth, "threads", &d.threads))
+        return -1;
+    d.bias = bias ? 1 : 0;
+    d.flags = causal ? ATTN_CAUSAL : 0;
+    d.masked_rows = masked_rows; /* libattn checks the value */
+    d.dropout = (float)dropout;  /* libattn checks the range (a NaN stays NaN) */
+    if (!self->lock && !(self->lock = PyThread_allocate_lock())) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    attn_mha *mha = NULL;
+    attn_status st;
+    const char *msg;
+    Py_BEGIN_ALLOW_THREADS
+    st = attn_mha_create(&d, &mha);
+    msg = st == ATTN_OK ? "" : attn_mha_last_error(NULL); /* thread-local: same thread */
+    Py_END_ALLOW_THREADS
+    if (st != ATTN_OK) {
+        raise_status(st, msg);
+        return -1;
+    }
+    self->mha = mha;
+    self->E = d.embed_dim;
+    self->H = d.heads;
+    self->kvE = (int64_t)(d.kv_heads ? d.kv_heads : d.heads) * (d.embed_dim / d.heads);
+    self->kdim = d.kdim ? d.kdim : d.embed_dim;
+    self->vdim = d.vdim ? d.vdim : d.embed_dim;
+    self->bias = d.bias;
+    return 0;
+}
+
+/* activation_size(batch, q_len, kv_len) or, with `saved`, saved_size(...). */
+static PyObject *mha_size(MHAObject *self, PyObject *args, int saved)
+{
+    PyObject *ob, *oq, *ok;
+    uint32_t b, lq, lk;
+    if (!PyArg_ParseTuple(args, saved ? "OOO:saved_size" : "OOO:activation_size", &ob, &oq, &ok) ||
+        parse_u32(ob, "batch", &b) || parse_u32(oq, "q_len", &lq) || parse_u32(ok, "kv_len", &lk))
+        return NULL;
+    if (!self->mha) {
+        PyErr_SetString(PyExc_ValueError, "the layer is closed");
+        return NULL;
+    }
+    size_t n = saved ? attn_mha_saved_size(self->mha, b, lq, lk)
+                     : attn_mha_activation_size(self->mha, b, lq, lk);
+    return PyLong_FromSize_t(n);
+}
+
+static PyObject *mha_activation_size(MHAObject *self, PyObject *args)
+{
+    return mha_size(self, args, 0);
+}
+
+static PyObject *mha_saved_size(MHAObject *self, PyObject *args)
+{
+    return mha_size(self, args, 1);
+}
+
+/* The buffers of one call, acquired from a dict of named objects (absent or None: NULL). */
+enum { MHA_QUERY, MHA_KEY, MHA_VALUE, MHA_OUT, MHA_IPW, MHA_QPW, MHA_KPW, MHA_VPW, MHA_IPB,
+       MHA_OPW, MHA_OPB, MHA_KV_LENS, MHA_KEY_VISIBLE, MHA_ATTN_MASK, MHA_ATTN_BIAS,
+       MHA_WEIGHTS, MHA_ACT, MHA_SAVED, MHA_DOUT, MHA_DQUERY, MHA_DKEY, MHA_DVALUE, MHA_DIPW,
+       MHA_DQPW, MHA_DKPW, MHA_DVPW, MHA_DIPB, MHA_DOPW, MHA_DOPB, MHA_N };
+
+static const char *const mha_names[MHA_N] = {
+    "query", "key", "value", "out", "in_proj_weight", "q_proj_weight", "k_proj_weight",
+    "v_proj_weight", "in_proj_bias", "out_proj_weight", "out_proj_bias", "kv_lens",
+    "key_visible", "attn_mask", "attn_bias", "weights", "activations", "saved", "dout",
+    "d_query", "d_key", "d_value", "d_in_proj_weight", "d_q_proj_weight", "d_k_proj_weight",
+    "d_v_proj_weight", "d_in_proj_bias", "d_out_proj_weight", "d_out_proj_bias"};
+
+typedef struct mha_call {
+    tensor t[MHA_N];
+    void *p[MHA_N]; /* buffer or NULL */
+    attn_mha_args a;
+    attn_mha_grads g;
+} mha_call;
+
+static void mha_call_release(mha_call *c)
+{
+    for (int i = 0; i < MHA_N; i++)
+        release(&c->t[i]);
+}
+
+/* Acquires item `i` of dict `d` (C-contiguous, the given dims and kind) if present. A shared
+ * buffer: the same object under another name is acquired again (both views stay valid). */
+static int mha_get(mha_call *c, PyObject *d, int i, int ndim, enum elem_kind kind, int writable,
+                   const int64_t *want)
+{
+    PyObject *o = PyDict_GetItemString(d, mha_names[i]); /* borrowed */
+    if (!o || o == Py_None)
+        return 0;
+    if (acquire(o, mha_names[i], ndim, kind, writable, 1, &c->t[i]))
+        return -1;
+    if (want) {
+        for (int k = 0; k < ndim; k++)
+            if (c->t[i].shape[k] != want[k]) {
+                char buf[160] = "", *p = buf;
+                for (int j = 0; j < ndim; j++)
+                    p += snprintf(p, sizeof buf - (size_t)(p - buf), "%s%lld", j ? ", " : "",
+                                  (long long)want[j]);
+                PyErr_Format(PyExc_ValueError, "%s: shape does not match (%s)", mha_names[i],
+                             buf);
+                return -1;
+            }
+    }
+    c->p[i] = c->t[i].view.buf;
+    return 0;
+}
+
+/* A 1-D byte buffer (activations, saved) of at least `need` bytes. */
+static int mha_get_bytes(mha_call *c, PyObject *d, int i, size_t need)
+{
+    if (mha_get(c, d, i, 1, ELEM_BOOL, 1, NULL))
+        return -1;
+    if (c->p[i] && (size_t)c->t[i].view.len < need) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd bytes, the call needs %zu", mha_names[i],
+                     c->t[i].view.len, need);
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * Reads the call dict: batch, q_len, kv_len, mask_shape (0: [Lq, Lk], 1: [B*H, Lq, Lk]),
+ * weights_mode, dropout_seed, dropout_offset (ints) and the buffers by their attn_mha_args
+ * names, each C-contiguous in its documented shape (activations and saved: 1-D uint8 of at
+ * least the size queries' bytes). `backward` adds dout and the gradients by their
+ * attn_mha_grads names, and the int `mode`.
+ */
+static int mha_load(MHAObject *self, PyObject *d, int backward, mha_call *c)
+{
+    memset(c, 0, sizeof *c);
+    if (!PyDict_Check(d)) {
+        PyErr_SetString(PyExc_ValueError, "the call must be a dict");
+        return -1;
+    }
+    uint32_t B, Lq, Lk, mask_shape = 0, weights_mode = 0, doff = 0, mode = 0;
+    uint64_t seed = 0;
+    static const char *const ints[] = {"batch", "q_len", "kv_len", "mask_shape",
+                                       "weights_mode", "dropout_offset", "mode"};
+    uint32_t *iv[] = {&B, &Lq, &Lk, &mask_shape, &weights_mode, &doff, &mode};
+    for (int i = 0; i < 7; i++) {
+        PyObject *o = PyDict_GetItemString(d, ints[i]);
+        if (!o) {
+            if (i < 3) {
+                PyErr_Format(PyExc_ValueError, "the call has no %s", ints[i]);
+                return -1;
+            }
+            continue;
+        }
+        if (parse_u32(o, ints[i], iv[i]))
+            return -1;
+    }
+    PyObject *os = PyDict_GetItemString(d, "dropout_seed");
+    if (os && parse_u64(os, "dropout_seed", &seed))
+        return -1;
+    if (mask_shape > 1 || weights_mode > 2) {
+        PyErr_SetString(PyExc_ValueError, "mask_shape must be 0 or 1, weights_mode 0, 1 or 2");
+        return -1;
+    }
+    int64_t E = self->E, H = self->H, kvE = self->kvE, kd = self->kdim, vd = self->vdim;
+    int64_t b = B, lq = Lq, lk = Lk, Etot = E + 2 * kvE;
+    const int64_t sq[3] = {b, lq, E}, sk[3] = {b, lk, kd}, sv[3] = {b, lk, vd};
+    const int64_t w_in[2] = {Etot, E}, w_q[2] = {E, E}, w_k[2] = {kvE, kd}, w_v[2] = {kvE, vd};
+    const int64_t b_in[1] = {Etot}, b_out[1] = {E}, s_lens[1] = {b}, s_kvis[2] = {b, lk};
+    const int64_t m2[2] = {lq, lk}, m3[3] = {b * H, lq, lk};
+    const int64_t wh[4] = {b, H, lq, lk}, wm[3] = {b, lq, lk};
+    int mnd = mask_shape ? 3 : 2;
+    const int64_t *ms = mask_shape ? m3 : m2;
+    if (mha_get(c, d, MHA_QUERY, 3, ELEM_F32, 0, sq) || mha_get(c, d, MHA_KEY, 3, ELEM_F32, 0, sk) ||
+        mha_get(c, d, MHA_VALUE, 3, ELEM_F32, 0, sv) ||
+        (!backward && mha_get(c, d, MHA_OUT, 3, ELEM_F32, 1, sq)) ||
+        mha_get(c, d, MHA_IPW, 2, ELEM_F32, 0, w_in) || mha_get(c, d, MHA_QPW, 2, ELEM_F32, 0, w_q) ||
+        mha_get(c, d, MHA_KPW, 2, ELEM_F32, 0, w_k) || mha_get(c, d, MHA_VPW, 2, ELEM_F32, 0, w_v) ||
+        mha_get(c, d, MHA_IPB, 1, ELEM_F32, 0, b_in) ||
+        mha_get(c, d, MHA_OPW, 2, ELEM_F32, 0, w_q) || mha_get(c, d, MHA_OPB, 1, ELEM_F32, 0, b_out) ||
+        mha_get(c, d, MHA_KV_LENS, 1, ELEM_I32, 0, s_lens) ||
+        mha_get(c, d, MHA_KEY_VISIBLE, 2, ELEM_BOOL, 0, s_kvis) ||
+        mha_get(c, d, MHA_ATTN_MASK, mnd, ELEM_BOOL, 0, ms) ||
+        mha_get(c, d, MHA_ATTN_BIAS, mnd, ELEM_F32, 0, ms) ||
+        (!backward && weights_mode == 1 && mha_get(c, d, MHA_WEIGHTS, 4, ELEM_F32, 1, wh)) ||
+        (!backward && weights_mode == 2 && mha_get(c, d, MHA_WEIGHTS, 3, ELEM_F32, 1, wm)))
+        return -1;
+    if (!backward && weights_mode == 0 && PyDict_GetItemString(d, "weights") &&
+        PyDict_GetItemString(d, "weights") != Py_None) {
+        PyErr_SetString(PyExc_ValueError, "weights given with weights_mode 0");
+        return -1;
+    }
+    /* the byte buffers: sizes from libattn (0 = the sizes do not fit; libattn then refuses) */
+    size_t na = attn_mha_activation_size(self->mha, B, Lq, Lk);
+    size_t ns = attn_mha_saved_size(self->mha, B, Lq, Lk);
+    if (mha_get_bytes(c, d, MHA_ACT, na) || mha_get_bytes(c, d, MHA_SAVED, ns))
+        return -1;
+    if (backward) {
+        if (mha_get(c, d, MHA_DOUT, 3, ELEM_F32, 0, sq) ||
+            mha_get(c, d, MHA_DQUERY, 3, ELEM_F32, 1, sq) ||
+            mha_get(c, d, MHA_DKEY, 3, ELEM_F32, 1, sk) ||
+            mha_get(c, d, MHA_DVALUE, 3, ELEM_F32, 1, sv) ||
+            mha_get(c, d, MHA_DIPW, 2, ELEM_F32, 1, w_in) ||
+            mha_get(c, d, MHA_DQPW, 2, ELEM_F32, 1, w_q) ||
+            mha_get(c, d, MHA_DKPW, 2, ELEM_F32, 1, w_k) ||
+            mha_get(c, d, MHA_DVPW, 2, ELEM_F32, 1, w_v) ||
+            mha_get(c, d, MHA_DIPB, 1, ELEM_F32, 1, b_in) ||
+            mha_get(c, d, MHA_DOPW, 2, ELEM_F32, 1, w_q) ||
+            mha_get(c, d, MHA_DOPB, 1, ELEM_F32, 1, b_out))
+            return -1;
+    }
+    attn_mha_args *a = &c->a;
+    attn_mha_args_init(a);
+    a->batch = B, a->q_len = Lq, a->kv_len = Lk;
+    a->query = c->p[MHA_QUERY], a->key = c->p[MHA_KEY], a->value = c->p[MHA_VALUE];
+    a->out = c->p[MHA_OUT];
+    a->in_proj_weight = c->p[MHA_IPW], a->q_proj_weight = c->p[MHA_QPW];
+    a->k_proj_weight = c->p[MHA_KPW], a->v_proj_weight = c->p[MHA_VPW];
+    a->in_proj_bias = c->p[MHA_IPB];
+    a->out_proj_weight = c->p[MHA_OPW], a->out_proj_bias = c->p[MHA_OPB];
+    a->kv_lens = c->p[MHA_KV_LENS], a->key_visible = c->p[MHA_KEY_VISIBLE];
+    a->mask_shape = mask_shape;
+    a->attn_mask = c->p[MHA_ATTN_MASK], a->attn_bias = c->p[MHA_ATTN_BIAS];
+    a->weights_mode = weights_mode, a->weights = c->p[MHA_WEIGHTS];
+    a->activations = c->p[MHA_ACT];
+    a->activation_size = c->p[MHA_ACT] ? (size_t)c->t[MHA_ACT].view.len : 0;
+    a->saved = c->p[MHA_SAVED];
+    a->saved_size = c->p[MHA_SAVED] ? (size_t)c->t[MHA_SAVED].view.len : 0;
+    a->dropout_seed = seed, a->dropout_offset = doff;
+    if (backward) {
+        attn_mha_grads *g = &c->g;
+        attn_mha_grads_init(g);
+        g->mode = mode; /* libattn checks the value */
+        g->dout = c->p[MHA_DOUT];
+        g->d_query = c->p[MHA_DQUERY], g->d_key = c->p[MHA_DKEY], g->d_value = c->p[MHA_DVALUE];
+        g->d_in_proj_weight = c->p[MHA_DIPW], g->d_q_proj_weight = c->p[MHA_DQPW];
+        g->d_k_proj_weight = c->p[MHA_DKPW], g->d_v_proj_weight = c->p[MHA_DVPW];
+        g->d_in_proj_bias = c->p[MHA_DIPB];
+        g->d_out_proj_weight = c->p[MHA_DOPW], g->d_out_proj_bias = c->p[MHA_DOPB];
+    }
+    return 0;
+}
+
+static PyObject *mha_run(MHAObject *self, PyObject *args, int backward)
+{
+    PyObject *d;
+    if (!PyArg_ParseTuple(args, backward ? "O:backward" : "O:forward", &d))
+        return NULL;
+    mha_call *c = PyMem_Calloc(1, sizeof *c);
+    if (!c)
+        return PyErr_NoMemory();
+    PyObject *result = NULL;
+    if (mha_load(self, d, backward, c))
+        goto done;
+    take_lock(self->lock);
+    if (!self->mha) {
+        PyThread_release_lock(self->lock);
+        PyErr_SetString(PyExc_ValueError, "the layer is closed");
+        goto done;
+    }
+    attn_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = backward ? attn_mha_backward(self->mha, &c->a, &c->g) : attn_mha_forward(self->mha, &c->a);
+    Py_END_ALLOW_THREADS
+    if (st != ATTN_OK)
+        raise_status(st, attn_mha_last_error(self->mha));
+    PyThread_release_lock(self->lock);
+    if (st == ATTN_OK) {
+        Py_INCREF(Py_None);
+        result = Py_None;
+    }
+done:
+    mha_call_release(c);
+    PyMem_Free(c);
+    return result;
+}
+
+static PyObject *mha_forward(MHAObject *self, PyObject *args)
+{
+    return mha_run(self, args, 0);
+}
+
+static PyObject *mha_backward(MHAObject *self, PyObject *args)
+{
+    return mha_run(self, args, 1);
+}
+
+static PyObject *mha_close(MHAObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->mha) {
+        take_lock(self->lock);
+        attn_mha *m = self->mha;
+        self->mha = NULL;
+        PyThread_release_lock(self->lock);
+        attn_mha_destroy(m);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *mha_get_closed(MHAObject *self, void *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(self->mha == NULL);
+}
+
+static PyMethodDef mha_methods[] = {
+    {"forward", (PyCFunction)mha_forward, METH_VARARGS,
+     "forward(call)\n\nOne attn_mha_forward call; `call` is a dict of attn_mha_args fields "
+     "(buffers C-contiguous in their documented shapes)."},
+    {"backward", (PyCFunction)mha_backward, METH_VARARGS,
+     "backward(call)\n\nOne attn_mha_backward call; `call` also holds dout, the gradients by "
+     "their attn_mha_grads names and the int mode."},
+    {"activation_size", (PyCFunction)mha_activation_size, METH_VARARGS,
+     "activation_size(batch, q_len, kv_len) -> attn_mha_activation_size"},
+    {"saved_size", (PyCFunction)mha_saved_size, METH_VARARGS,
+     "saved_size(batch, q_len, kv_len) -> attn_mha_saved_size"},
+    {"close", (PyCFunction)mha_close, METH_NOARGS,
+     "close()\n\nReleases the layer; later calls raise ValueError."},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef mha_getset[] = {
+    {"closed", (getter)mha_get_closed, NULL, "True after close()", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject MHAType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "attn._attn.MHA",
+    .tp_basicsize = sizeof(MHAObject),
+    .tp_dealloc = (destructor)mha_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "MHA(embed_dim, heads, kv_heads, kdim, vdim, bias, causal, masked_rows, dropout, "
+              "threads)\n\nAn attn_mha layer: libattn's descriptor fields, with libattn's "
+              "encodings.",
+    .tp_methods = mha_methods,
+    .tp_getset = mha_getset,
+    .tp_init = (initproc)mha_init,
     .tp_new = PyType_GenericNew,
 };
 
@@ -915,7 +1294,7 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__attn(void)
 {
-    if (PyType_Ready(&ContextType) < 0)
+    if (PyType_Ready(&ContextType) < 0 || PyType_Ready(&MHAType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (!m)
@@ -929,6 +1308,12 @@ PyMODINIT_FUNC PyInit__attn(void)
     Py_INCREF(&ContextType);
     if (PyModule_AddObject(m, "Context", (PyObject *)&ContextType) < 0) {
         Py_DECREF(&ContextType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&MHAType);
+    if (PyModule_AddObject(m, "MHA", (PyObject *)&MHAType) < 0) {
+        Py_DECREF(&MHAType);
         Py_DECREF(m);
         return NULL;
     }

@@ -16,8 +16,8 @@
 
 #include <attn/attn.h>
 
+#include "support/cases.h"
 #include "support/manifest.h"
-#include "support/npy.h"
 #include "support/reference_backward.h"
 #include "support/util.h"
 
@@ -25,52 +25,23 @@
 
 static char *manifest;
 
-static npy_array load(const char *case_name, const char *file, int required)
+static npy_array load_file(const char *case_name, const char *file, int required)
 {
-    char path[512], err[600];
-    snprintf(path, sizeof path, "%s/%s/%s.npy", ATTN_TEST_BACKWARD_DIR, case_name, file);
-    npy_array a;
-    if (npy_load(path, &a, err, sizeof err) != 0) {
-        if (required)
-            fail_msg("%s", err);
-        memset(&a, 0, sizeof a);
-    }
-    return a;
-}
-
-static attn_strides broadcast_strides(const npy_array *a)
-{
-    attn_strides s = {a->shape[0] == 1 ? 0 : a->shape[1] * a->shape[2] * a->shape[3],
-                      a->shape[1] == 1 ? 0 : a->shape[2] * a->shape[3],
-                      a->shape[2] == 1 ? 0 : a->shape[3]};
-    return s;
-}
-
-static void expect_close_1e9(const char *what, const double *ours, const double *theirs, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!(fabs(ours[i] - theirs[i]) <= 1e-9 * (1.0 + fabs(theirs[i]))))
-            fail_msg("oracle %s[%zu] = %.12g, PyTorch %.12g", what, i, ours[i], theirs[i]);
+    return case_load(ATTN_TEST_BACKWARD_DIR, case_name, file, required);
 }
 
 static void run_case(int index, attn_masked_rows policy, grad_stats *st)
 {
     manifest_case c;
     assert_int_equal(manifest_case_at(manifest, index, &c), 0);
-    npy_array q = load(c.name, "q", 1), k = load(c.name, "k", 1), v = load(c.name, "v", 1);
-    npy_array dout = load(c.name, "dout", 1), xdq = load(c.name, "dq", 1);
-    npy_array xdk = load(c.name, "dk", 1), xdv = load(c.name, "dv", 1);
-    npy_array bias = load(c.name, "bias", c.has_bias), mask = load(c.name, "mask", c.has_mask);
-    npy_array xdb = load(c.name, "dbias", c.has_bias);
+    npy_array q = load_file(c.name, "q", 1), k = load_file(c.name, "k", 1), v = load_file(c.name, "v", 1);
+    npy_array dout = load_file(c.name, "dout", 1), xdq = load_file(c.name, "dq", 1);
+    npy_array xdk = load_file(c.name, "dk", 1), xdv = load_file(c.name, "dv", 1);
+    npy_array bias = load_file(c.name, "bias", c.has_bias), mask = load_file(c.name, "mask", c.has_mask);
+    npy_array xdb = load_file(c.name, "dbias", c.has_bias);
 
     attn_desc d;
-    attn_desc_init(&d);
-    d.q_heads = (uint32_t)c.Hq, d.kv_heads = (uint32_t)c.Hkv;
-    d.qk_dim = (uint32_t)c.D, d.v_dim = (uint32_t)c.Dv;
-    d.scale = (float)c.scale;
-    d.flags = c.causal ? ATTN_CAUSAL : 0;
-    d.window_left = c.window_left, d.window_right = c.window_right;
-    d.masked_rows = policy;
+    case_desc(&c, policy, &d);
     d.ops = ATTN_OP_FORWARD | ATTN_OP_BACKWARD;
     attn_ctx *ctx;
     assert_int_equal(attn_create(&d, &ctx), ATTN_OK);
@@ -78,18 +49,7 @@ static void run_case(int index, attn_masked_rows policy, grad_stats *st)
     size_t rows = (size_t)(c.B * c.Hq * c.Lq);
     float *o = xcalloc(rows * c.Dv, sizeof(float)), *l = xcalloc(rows, sizeof(float));
     attn_args a;
-    attn_args_init(&a);
-    a.batch = (uint32_t)c.B, a.q_len = (uint32_t)c.Lq, a.kv_len = (uint32_t)c.Lk;
-    a.q = q.data, a.q_strides = attn_strides_bhsd(d.q_heads, a.q_len, d.qk_dim);
-    a.k = k.data, a.k_strides = attn_strides_bhsd(d.kv_heads, a.kv_len, d.qk_dim);
-    a.v = v.data, a.v_strides = attn_strides_bhsd(d.kv_heads, a.kv_len, d.v_dim);
-    a.out = o, a.out_strides = attn_strides_bhsd(d.q_heads, a.q_len, d.v_dim);
-    a.q_offset = c.q_offset == c.Lk - c.Lq ? ATTN_Q_OFFSET_DEFAULT : c.q_offset;
-    a.kv_lens = c.has_kv_lens ? c.kv_lens : NULL;
-    if (c.has_bias)
-        a.bias = bias.data, a.bias_strides = broadcast_strides(&bias);
-    if (c.has_mask)
-        a.mask = mask.data, a.mask_strides = broadcast_strides(&mask);
+    case_args(&c, &d, &q, &k, &v, o, &bias, &mask, &a);
     a.lse = l;
     assert_int_equal(attn_forward(ctx, &a), ATTN_OK);
 
@@ -123,12 +83,12 @@ static void run_case(int index, attn_masked_rows policy, grad_stats *st)
     ref_grads rg;
     ref_backward(&p, &r, gd, &rg);
     size_t nk = (size_t)(c.B * c.Hkv * c.Lk);
-    expect_close_1e9("dq", rg.dq, xdq.data, rows * c.D);
-    expect_close_1e9("dk", rg.dk, xdk.data, nk * c.D);
-    expect_close_1e9("dv", rg.dv, xdv.data, nk * c.Dv);
+    case_expect_close_1e9(c.name, "dq", rg.dq, xdq.data, rows * c.D);
+    case_expect_close_1e9(c.name, "dk", rg.dk, xdk.data, nk * c.D);
+    case_expect_close_1e9(c.name, "dv", rg.dv, xdv.data, nk * c.Dv);
     if (c.has_bias) {
         assert_int_equal(xdb.count, (size_t)(rg.Bb * rg.Hb * rg.Lqb * c.Lk));
-        expect_close_1e9("dbias", rg.dbias, xdb.data, xdb.count);
+        case_expect_close_1e9(c.name, "dbias", rg.dbias, xdb.data, xdb.count);
     }
     /* then the library against PyTorch, with the oracle's tolerances */
     memcpy(rg.dq, xdq.data, rows * c.D * sizeof(double));
@@ -170,13 +130,7 @@ int main(void)
         fprintf(stderr, "cannot read %s\n", path);
         return 1;
     }
-    static char names[NCASES][32];
-    struct CMUnitTest tests[NCASES];
-    for (int i = 0; i < NCASES; i++) {
-        snprintf(names[i], sizeof names[i], "case%03d", i);
-        tests[i] = (struct CMUnitTest){names[i], test_case, NULL, NULL, (void *)(intptr_t)i};
-    }
-    int failed = cmocka_run_group_tests_name("backward_reference", tests, NULL, NULL);
+    int failed = case_run_group("backward_reference", NCASES, test_case);
     printf("kernel variant %s: %ld gradients compared, worst error/tolerance %.3f\n",
            attn_kernel_isa(), totals.compared, totals.worst_ratio);
     free(manifest);

@@ -120,29 +120,12 @@ int openblas_get_num_threads(void)
 
 /* ---- the BLAS's process-wide thread count, where it has one ------------------------------ */
 
-typedef int (*get_fn)(void);
-typedef void (*set_fn)(int);
-static get_fn blas_get;
-static set_fn blas_set;
+static attn_test_threads_get_fn blas_get;
+static attn_test_threads_set_fn blas_set;
 
 static void find_blas_count(void)
 {
-    void *par = dlsym(RTLD_DEFAULT, "openblas_get_parallel");
-    void *g = NULL, *s = NULL;
-    if (par) {
-        get_fn parallel;
-        memcpy(&parallel, &par, sizeof par);
-        if (parallel() == 1) /* pthread build: one process-wide count */
-            g = dlsym(RTLD_DEFAULT, "openblas_get_num_threads"),
-            s = dlsym(RTLD_DEFAULT, "openblas_set_num_threads");
-    } else {
-        g = dlsym(RTLD_DEFAULT, "bli_thread_get_num_threads");
-        s = dlsym(RTLD_DEFAULT, "bli_thread_set_num_threads");
-    }
-    if (g && s) {
-        memcpy(&blas_get, &g, sizeof g);
-        memcpy(&blas_set, &s, sizeof s);
-    }
+    attn_test_blas_thread_count(0, &blas_get, &blas_set);
 }
 
 /* ---- problems ---------------------------------------------------------------------------- */

@@ -18,7 +18,8 @@
 
 #include <attn/attn_mha.h>
 
-#include "support/npy.h"
+#include "support/cases.h"
+#include "support/manifest.h"
 #include "support/reference_mha.h"
 #include "support/util.h"
 
@@ -74,33 +75,9 @@ static void read_case(int index, mcase *c)
     sscanf(field(obj, "attn_mask"), "\"%15[^\"]\"", c->attn_mask);
 }
 
-static char *read_text(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *t = xcalloc((size_t)n + 1, 1);
-    if (fread(t, 1, (size_t)n, f) != (size_t)n)
-        t[0] = 0;
-    fclose(f);
-    return t;
-}
-
 static npy_array load(const char *case_name, const char *file, int required)
 {
-    char path[512], err[600];
-    snprintf(path, sizeof path, "%s/%s/%s.npy", ATTN_TEST_MHA_DIR, case_name, file);
-    npy_array a;
-    memset(&a, 0, sizeof a);
-    if (npy_load(path, &a, err, sizeof err) != 0) {
-        if (required)
-            fail_msg("%s", err);
-        memset(&a, 0, sizeof a);
-    }
-    return a;
+    return case_load(ATTN_TEST_MHA_DIR, case_name, file, required);
 }
 
 /* The tolerances of docs/testing.md ("The MHA layer's tolerance"): an element passes when
@@ -134,22 +111,12 @@ static void compare(const char *name, const char *what, const float *got, const 
     }
 }
 
-/* The float64 oracle against PyTorch first, to 1e-9. */
-static void expect_oracle(const char *name, const char *what, const double *ours,
-                          const npy_array *theirs)
-{
-    const double *t = theirs->data;
-    for (size_t i = 0; i < theirs->count; i++)
-        if (!(fabs(ours[i] - t[i]) <= 1e-9 * (1.0 + fabs(t[i]))))
-            fail_msg("%s oracle %s[%zu] = %.12g, PyTorch %.12g", name, what, i, ours[i], t[i]);
-}
-
 /* Loads file `what` of the case, checks the oracle's `ours` against it, then the library's. */
 static void check_tensor(const char *name, const char *what, const float *got, const double *ours,
                          const double *mag, double tau)
 {
     npy_array r = load(name, what, 1);
-    expect_oracle(name, what, ours, &r);
+    case_expect_close_1e9(name, what, ours, r.data, r.count);
     compare(name, what, got, r.data, mag, r.count, tau);
     npy_free(&r);
 }
@@ -385,7 +352,7 @@ static void test_pytorch_problems(void **state)
 
 int main(void)
 {
-    manifest = read_text(ATTN_TEST_MHA_DIR "/manifest.json");
+    manifest = manifest_read(ATTN_TEST_MHA_DIR "/manifest.json");
     if (!manifest) {
         fprintf(stderr, "cannot read %s/manifest.json\n", ATTN_TEST_MHA_DIR);
         return 1;

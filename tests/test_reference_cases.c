@@ -16,56 +16,31 @@
 
 #include <attn/attn.h>
 
+#include "support/cases.h"
 #include "support/check.h"
 #include "support/manifest.h"
-#include "support/npy.h"
 #include "support/util.h"
 
 #define NCASES 64
 
 static char *manifest;
 
-static npy_array load(const char *case_name, const char *file, int required)
+static npy_array load_file(const char *case_name, const char *file, int required)
 {
-    char path[512], err[600];
-    snprintf(path, sizeof path, "%s/%s/%s.npy", ATTN_TEST_DATA_DIR, case_name, file);
-    npy_array a;
-    if (npy_load(path, &a, err, sizeof err) != 0) {
-        if (required)
-            fail_msg("%s", err);
-        memset(&a, 0, sizeof a);
-    }
-    return a;
-}
-
-/* Strides of a dense [B', H', rows, cols] array broadcast to B x H: size-1 axes get stride 0. */
-static attn_strides broadcast_strides(const npy_array *a)
-{
-    attn_strides s = {a->shape[0] == 1 ? 0 : a->shape[1] * a->shape[2] * a->shape[3],
-                      a->shape[1] == 1 ? 0 : a->shape[2] * a->shape[3], a->shape[3]};
-    return s;
+    return case_load(ATTN_TEST_DATA_DIR, case_name, file, required);
 }
 
 static void run_case(int index, attn_weights_mode mode, attn_masked_rows policy)
 {
     manifest_case c;
     assert_int_equal(manifest_case_at(manifest, index, &c), 0);
-    npy_array q = load(c.name, "q", 1), k = load(c.name, "k", 1), v = load(c.name, "v", 1);
-    npy_array out = load(c.name, "out", 1), lse = load(c.name, "lse", 1);
-    npy_array ent = load(c.name, "entropy", 1), w = load(c.name, "weights", 1);
-    npy_array bias = load(c.name, "bias", c.has_bias), mask = load(c.name, "mask", c.has_mask);
+    npy_array q = load_file(c.name, "q", 1), k = load_file(c.name, "k", 1), v = load_file(c.name, "v", 1);
+    npy_array out = load_file(c.name, "out", 1), lse = load_file(c.name, "lse", 1);
+    npy_array ent = load_file(c.name, "entropy", 1), w = load_file(c.name, "weights", 1);
+    npy_array bias = load_file(c.name, "bias", c.has_bias), mask = load_file(c.name, "mask", c.has_mask);
 
     attn_desc d;
-    attn_desc_init(&d);
-    d.q_heads = (uint32_t)c.Hq;
-    d.kv_heads = (uint32_t)c.Hkv;
-    d.qk_dim = (uint32_t)c.D;
-    d.v_dim = (uint32_t)c.Dv;
-    d.scale = (float)c.scale;
-    d.flags = c.causal ? ATTN_CAUSAL : 0;
-    d.window_left = c.window_left;
-    d.window_right = c.window_right;
-    d.masked_rows = policy;
+    case_desc(&c, policy, &d);
     attn_ctx *ctx;
     assert_int_equal(attn_create(&d, &ctx), ATTN_OK);
 
@@ -74,21 +49,7 @@ static void run_case(int index, attn_weights_mode mode, attn_masked_rows policy)
     float *l = xcalloc(rows, sizeof(float)), *e = xcalloc(rows, sizeof(float));
     float *wt = xcalloc(rows * c.Lk, sizeof(float));
     attn_args a;
-    attn_args_init(&a);
-    a.batch = (uint32_t)c.B;
-    a.q_len = (uint32_t)c.Lq;
-    a.kv_len = (uint32_t)c.Lk;
-    a.q = q.data, a.q_strides = attn_strides_bhsd(d.q_heads, a.q_len, d.qk_dim);
-    a.k = k.data, a.k_strides = attn_strides_bhsd(d.kv_heads, a.kv_len, d.qk_dim);
-    a.v = v.data, a.v_strides = attn_strides_bhsd(d.kv_heads, a.kv_len, d.v_dim);
-    a.out = o, a.out_strides = attn_strides_bhsd(d.q_heads, a.q_len, d.v_dim);
-    /* the default offset is exercised whenever the case uses it */
-    a.q_offset = c.q_offset == c.Lk - c.Lq ? ATTN_Q_OFFSET_DEFAULT : c.q_offset;
-    a.kv_lens = c.has_kv_lens ? c.kv_lens : NULL;
-    if (c.has_bias)
-        a.bias = bias.data, a.bias_strides = broadcast_strides(&bias);
-    if (c.has_mask)
-        a.mask = mask.data, a.mask_strides = broadcast_strides(&mask);
+    case_args(&c, &d, &q, &k, &v, o, &bias, &mask, &a);
     a.weights_mode = mode;
     a.weights = mode == ATTN_WEIGHTS_NONE ? NULL : wt;
     a.lse = l;
@@ -102,8 +63,7 @@ static void run_case(int index, attn_weights_mode mode, attn_masked_rows policy)
     ref_result r;
     ref_attention(&p, &r);
     const double *xo = out.data, *xl = lse.data, *xe = ent.data, *xw = w.data;
-    for (size_t i = 0; i < rows * c.Dv; i++)
-        assert_true(fabs(r.out[i] - xo[i]) <= 1e-9 * (1.0 + fabs(xo[i])));
+    case_expect_close_1e9(c.name, "out", r.out, xo, rows * c.Dv);
     for (size_t i = 0; i < rows; i++) {
         assert_true(r.lse[i] == xl[i] || fabs(r.lse[i] - xl[i]) <= 1e-9 * (1.0 + fabs(xl[i])));
         assert_true(fabs(r.entropy[i] - xe[i]) <= 1e-9);
@@ -147,14 +107,8 @@ int main(void)
         fprintf(stderr, "cannot read %s\n", path);
         return 1;
     }
-    static char names[NCASES][32];
-    struct CMUnitTest tests[NCASES];
-    for (int i = 0; i < NCASES; i++) {
-        snprintf(names[i], sizeof names[i], "case%03d", i);
-        tests[i] = (struct CMUnitTest){names[i], test_case, NULL, NULL, (void *)(intptr_t)i};
-    }
     printf("kernel variant: %s\n", attn_kernel_isa());
-    int failed = cmocka_run_group_tests_name("reference_cases", tests, NULL, NULL);
+    int failed = case_run_group("reference_cases", NCASES, test_case);
     free(manifest);
     return failed;
 }

@@ -17,7 +17,7 @@ import numpy as np
 from . import _attn
 
 __all__ = ["scaled_dot_product_attention", "Context", "Result", "dropout_mask", "merge",
-           "kernel_isa", "__version__"]
+           "MultiheadAttention", "kernel_isa", "__version__"]
 
 __version__ = _attn.version
 """Version of the libattn library loaded ("MAJOR.MINOR.PATCH")."""
@@ -119,6 +119,14 @@ def _int_arg(x, name, lo, hi):
     if not lo <= value <= hi:
         raise ValueError(f"{name} = {value} is outside [{lo}, {hi}]")
     return value
+
+
+def _probability(value, name):
+    """A float for libattn's dropout fields (libattn checks the range [0, 1) and NaN)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} = {value!r} must be a number in [0, 1)") from None
 
 
 def _choice(value, name, choices):
@@ -241,10 +249,7 @@ class Context:
                                  "1/sqrt(qk_dim)); pass None for that default")
             if not abs(scale_c) <= float(np.finfo(np.float32).max):
                 raise ValueError(f"scale = {scale!r} is not finite in float32")
-        try:
-            dropout_c = float(dropout)
-        except (TypeError, ValueError):
-            raise ValueError(f"dropout = {dropout!r} must be a number in [0, 1)") from None
+        dropout_c = _probability(dropout, "dropout")
         kv_code = _choice(kv_dtype, "kv_dtype", _KV_DTYPES)
         left, right = _window(window)
         threads_c = 0 if threads is None else _int_arg(threads, "threads", 0, 2**32 - 1)
@@ -511,10 +516,7 @@ def dropout_mask(p, seed, offset, q_heads, batch, head, rows, cols, row0=0, col0
     count. This is the mask Context.forward applies with dropout=p, dropout_seed=seed and
     dropout_offset=offset (kept weights are scaled by 1 / (1 - p) there).
     """
-    try:
-        p_c = float(p)
-    except (TypeError, ValueError):
-        raise ValueError(f"p = {p!r} must be a number in [0, 1)") from None
+    p_c = _probability(p, "p")
     seed = _int_arg(seed, "seed", 0, 2**64 - 1)
     offset = _int_arg(offset, "offset", 0, 2**32 - 1)
     q_heads = _int_arg(q_heads, "q_heads", 0, 2**32 - 1)
@@ -571,6 +573,457 @@ def merge(outs, lses, *, masked_rows="zero"):
     if ndim == 3:
         return out[0], lse[0]
     return out, lse
+
+
+# ---- the multi-head attention layer --------------------------------------------------------
+
+
+def _dense(x, name):
+    """x as a C-contiguous, aligned float32 ndarray: x itself when it already is one (no copy),
+    else one converted copy. Non-floating dtypes raise."""
+    a = np.asarray(x)
+    if a.dtype.kind != "f":
+        raise ValueError(f"{name}: expected a floating-point array (float32 is used in place), "
+                         f"got dtype {a.dtype}")
+    if a.dtype != _F32 or not a.flags.c_contiguous or not a.flags.aligned:
+        a = np.array(a, dtype=np.float32, order="C")
+    return a
+
+
+def _same_buffer(a, b):
+    """True if a and b are the same float32 array memory (pointer and shape)."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.shape == b.shape)
+
+
+class MultiheadAttention:
+    """torch.nn.MultiheadAttention's computation in float32 on numpy arrays (libattn's
+    attn_mha layer), forward and backward, with the parameters in PyTorch's layout.
+
+    MultiheadAttention(embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
+                       add_zero_attn=False, kdim=None, vdim=None, batch_first=False, *,
+                       kv_heads=None, causal=False, masked_rows="zero", threads=None,
+                       seed=None)
+
+    The arguments up to batch_first are PyTorch's (add_bias_kv and add_zero_attn must be
+    False). kv_heads < num_heads gives grouped-query attention (K and V projections of
+    kv_heads * head_dim rows); causal hides key j from query i unless j <= i + Lk - Lq;
+    masked_rows "zero" or "nan" (PyTorch's) for rows that see no key; threads None = every
+    processor; seed initialises the parameters as PyTorch does (Xavier-uniform input
+    projections, zero biases). load_state_dict() takes a torch state_dict as it is.
+
+    Parameters are float32 C-contiguous numpy arrays, attributes named as PyTorch's:
+    in_proj_weight [E + 2 kvE, E] (when kdim = vdim = E; else q_proj_weight [E, E],
+    k_proj_weight [kvE, kdim], v_proj_weight [kvE, vdim]), in_proj_bias [E + 2 kvE],
+    out_proj_weight [E, E], out_proj_bias [E]. The layer reads them in place at each call.
+    See docs/python.md.
+    """
+
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
+                 add_zero_attn=False, kdim=None, vdim=None, batch_first=False, *,
+                 kv_heads=None, causal=False, masked_rows="zero", threads=None, seed=None):
+        if add_bias_kv or add_zero_attn:
+            raise ValueError("add_bias_kv and add_zero_attn are not supported (pass False)")
+        E = _int_arg(embed_dim, "embed_dim", 0, 2**32 - 1)
+        H = _int_arg(num_heads, "num_heads", 0, 2**32 - 1)
+        kvh = 0 if kv_heads is None else _int_arg(kv_heads, "kv_heads", 1, 2**32 - 1)
+        kd = E if kdim is None else _int_arg(kdim, "kdim", 1, 2**32 - 1)
+        vd = E if vdim is None else _int_arg(vdim, "vdim", 1, 2**32 - 1)
+        p = _probability(dropout, "dropout")
+        mr = _choice(masked_rows, "masked_rows", _MASKED_ROWS)
+        th = 0 if threads is None else _int_arg(threads, "threads", 0, 2**32 - 1)
+        self._desc = (E, H, kvh, kd, vd, bool(bias), bool(causal), mr, th)
+        # libattn validates the descriptor (heads dividing E, limits, dropout range)
+        self._cores = {p: _attn.MHA(E, H, kvh, kd, vd, bool(bias), bool(causal), mr, p, th)}
+        self.embed_dim, self.num_heads = E, H
+        self.kv_heads = kvh or H
+        self.head_dim = E // H
+        self.kdim, self.vdim = kd, vd
+        self.dropout = p
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.causal = bool(causal)
+        self.masked_rows = masked_rows
+        self.threads = threads
+        self.training = True
+        self._qkv_same_embed_dim = kd == E and vd == E
+        self._saved = None
+        kvE = self.kv_heads * self.head_dim
+        rng = np.random.default_rng(seed)
+
+        def xavier(rows, cols):
+            a = np.sqrt(6.0 / (rows + cols))
+            return rng.uniform(-a, a, (rows, cols)).astype(np.float32)
+
+        if self._qkv_same_embed_dim:
+            self.in_proj_weight = xavier(E + 2 * kvE, E)
+            self.q_proj_weight = self.k_proj_weight = self.v_proj_weight = None
+        else:
+            self.in_proj_weight = None
+            self.q_proj_weight = xavier(E, E)
+            self.k_proj_weight = xavier(kvE, kd)
+            self.v_proj_weight = xavier(kvE, vd)
+        bound = 1.0 / np.sqrt(E)
+        self.out_proj_weight = rng.uniform(-bound, bound, (E, E)).astype(np.float32)
+        self.in_proj_bias = np.zeros(E + 2 * kvE, np.float32) if bias else None
+        self.out_proj_bias = np.zeros(E, np.float32) if bias else None
+
+    # -- parameters ----------------------------------------------------------------------
+
+    _STATE = (("in_proj_weight", "in_proj_weight"), ("q_proj_weight", "q_proj_weight"),
+              ("k_proj_weight", "k_proj_weight"), ("v_proj_weight", "v_proj_weight"),
+              ("in_proj_bias", "in_proj_bias"), ("out_proj.weight", "out_proj_weight"),
+              ("out_proj.bias", "out_proj_bias"))
+
+    def _param_shapes(self):
+        E, kvE = self.embed_dim, self.kv_heads * self.head_dim
+        shapes = {"in_proj_weight": (E + 2 * kvE, E), "q_proj_weight": (E, E),
+                  "k_proj_weight": (kvE, self.kdim), "v_proj_weight": (kvE, self.vdim),
+                  "in_proj_bias": (E + 2 * kvE,), "out_proj_weight": (E, E),
+                  "out_proj_bias": (E,)}
+        names = (["in_proj_weight"] if self._qkv_same_embed_dim else
+                 ["q_proj_weight", "k_proj_weight", "v_proj_weight"])
+        names += ["in_proj_bias"] * self.bias + ["out_proj_weight"] + ["out_proj_bias"] * self.bias
+        return {n: shapes[n] for n in names}
+
+    def state_dict(self):
+        """The parameters under torch.nn.MultiheadAttention's state_dict keys (in_proj_weight
+        or q/k/v_proj_weight, in_proj_bias, out_proj.weight, out_proj.bias): the arrays
+        themselves, not copies."""
+        have = self._param_shapes()
+        return collections.OrderedDict((key, getattr(self, attr)) for key, attr in self._STATE
+                                       if attr in have)
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copies parameters from a mapping with torch's keys (numpy arrays, CPU torch tensors
+        or anything numpy.asarray reads) into this layer's arrays, converted to float32.
+        strict: every key must be present and no other given. Shapes must match. Nothing is
+        changed when something does not fit (ValueError)."""
+        have = self._param_shapes()
+        keys = {key: attr for key, attr in self._STATE if attr in have}
+        given = dict(state_dict)
+        if strict:
+            missing = [k for k in keys if k not in given]
+            extra = [k for k in given if k not in keys]
+            if missing or extra:
+                raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys "
+                                 f"{extra}")
+        new = {}
+        for key, attr in keys.items():
+            if key not in given:
+                continue
+            value = given[key]
+            if hasattr(value, "detach"):  # a torch tensor (possibly requiring grad)
+                value = value.detach().cpu()
+            a = np.asarray(value)
+            if a.dtype.kind != "f":
+                raise ValueError(f"{key}: expected a floating-point array, got dtype {a.dtype}")
+            if a.shape != have[attr]:
+                raise ValueError(f"{key}: shape {a.shape}, the layer's is {have[attr]}")
+            new[attr] = np.array(a, dtype=np.float32, order="C")
+        for attr, a in new.items():
+            setattr(self, attr, a)
+
+    def train(self, mode=True):
+        """Training mode (dropout applied) or, with mode=False, evaluation mode; returns self."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode: no dropout. Returns self."""
+        return self.train(False)
+
+    def close(self):
+        """Releases the C layers; later calls raise ValueError."""
+        for core in self._cores.values():
+            core.close()
+        self._saved = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return (f"attn.MultiheadAttention(embed_dim={self.embed_dim}, "
+                f"num_heads={self.num_heads}, dropout={self.dropout!r}, bias={self.bias}, "
+                f"kdim={self.kdim}, vdim={self.vdim}, batch_first={self.batch_first}, "
+                f"kv_heads={self.kv_heads}, causal={self.causal}, "
+                f"masked_rows={self.masked_rows!r}, threads={self.threads})")
+
+    def _core(self, p):
+        core = self._cores.get(p)
+        if core is None:  # the evaluation layer: same descriptor, dropout 0
+            if next(iter(self._cores.values())).closed:
+                raise ValueError("the layer is closed")
+            E, H, kvh, kd, vd, bias, causal, mr, th = self._desc
+            core = self._cores[p] = _attn.MHA(E, H, kvh, kd, vd, bias, causal, mr, p, th)
+        return core
+
+    # -- forward and backward ------------------------------------------------------------
+
+    def _batched(self, x, name, unbatched):
+        """An input in the caller's layout -> C-contiguous float32 [B, L, features]."""
+        a = np.asarray(x)
+        if a.ndim != (2 if unbatched else 3):
+            raise ValueError(f"{name}: {a.ndim}-D, expected {2 if unbatched else 3}-D like "
+                             "query")
+        if unbatched:
+            return _dense(a, name)[np.newaxis]
+        if not self.batch_first:
+            a = a.swapaxes(0, 1)  # [L, B, F] -> [B, L, F]: one copy below
+        return _dense(a, name)
+
+    def _unbatch(self, a, unbatched):
+        """[B, L, F] -> the caller's layout."""
+        if unbatched:
+            return a[0]
+        return a if self.batch_first else a.swapaxes(0, 1)
+
+    def forward(self, query, key=None, value=None, key_padding_mask=None, need_weights=True,
+                attn_mask=None, average_attn_weights=True, is_causal=False, *, kv_lens=None,
+                dropout_seed=0, dropout_offset=0, keep_for_backward=False):
+        """The layer's output (and attention weights) as torch.nn.MultiheadAttention.forward.
+
+        query [Lq, B, E] (batch_first=False) or [B, Lq, E], key [Lk, B, kdim], value
+        [Lk, B, vdim] likewise, or all 2-D without B (unbatched). key None = query, value
+        None = key (self-attention). key_padding_mask [B, Lk]: bool, True = the key is
+        ignored (PyTorch's meaning), or float, added to the scores. attn_mask [Lq, Lk] or
+        [B * num_heads, Lq, Lk]: bool, True = NOT allowed to attend (PyTorch's meaning), or
+        float, added to the scores. need_weights: also return the weights after dropout,
+        [B, Lq, Lk] averaged over heads (average_attn_weights) or [B, H, Lq, Lk]. is_causal:
+        PyTorch's hint that attn_mask is the causal mask (the mask is used as given); without
+        an attn_mask it needs a layer made with causal=True. kv_lens: B key counts (padding).
+        dropout_seed, dropout_offset: the dropout mask's key (training mode with dropout).
+        keep_for_backward: keep what backward() needs (the layer's last such call).
+
+        Returns (out, weights) with weights None unless need_weights; out in query's layout.
+        """
+        unbatched = np.ndim(query) == 2
+        if np.ndim(query) not in (2, 3):
+            raise ValueError(f"query: {np.ndim(query)}-D, expected [L, B, E], [B, L, E] or "
+                             "[L, E]")
+        seed = _int_arg(dropout_seed, "dropout_seed", 0, 2**64 - 1)
+        doff = _int_arg(dropout_offset, "dropout_offset", 0, 2**32 - 1)
+        q = self._batched(query, "query", unbatched)
+        if key is None or key is query:
+            k = q
+        else:
+            k = self._batched(key, "key", unbatched)
+        if value is None:
+            v = k
+        elif value is query:
+            v = q
+        elif value is key:
+            v = k
+        else:
+            v = self._batched(value, "value", unbatched)
+        B, Lq, _ = q.shape
+        if k.shape[0] != B or v.shape[0] != B or k.shape[1] != v.shape[1]:
+            raise ValueError(f"query {np.shape(query)}, key {np.shape(key)} and value "
+                             f"{np.shape(value)}: the batch sizes or key lengths differ")
+        Lk = k.shape[1]
+        for x, name, f in ((q, "query", self.embed_dim), (k, "key", self.kdim),
+                           (v, "value", self.vdim)):
+            if x.shape[2] != f:
+                raise ValueError(f"{name}: {x.shape[2]} features, the layer takes {f}")
+        H = self.num_heads
+        call = {"batch": B, "q_len": Lq, "kv_len": Lk, "query": q, "key": k, "value": v,
+                "dropout_seed": seed, "dropout_offset": doff}
+        for attr in self._param_shapes():
+            a = getattr(self, attr)
+            call[attr] = None if a is None else _dense(a, attr)  # None: libattn refuses
+
+        # masks: PyTorch's meanings -> libattn's (visible = nonzero)
+        bias3 = None
+        if attn_mask is not None:
+            m = np.asarray(attn_mask)
+            if m.ndim == 2 and m.shape == (Lq, Lk):
+                call["mask_shape"] = 0
+            elif m.ndim == 3 and m.shape == (B * H, Lq, Lk):
+                call["mask_shape"] = 1
+            else:
+                raise ValueError(f"attn_mask: shape {m.shape}, expected ({Lq}, {Lk}) or "
+                                 f"({B * H}, {Lq}, {Lk}) (batch * num_heads, Lq, Lk)")
+            if m.dtype == np.bool_:
+                call["attn_mask"] = np.ascontiguousarray(~m, dtype=np.uint8)
+            elif m.dtype.kind == "f":
+                call["attn_bias"] = _dense(m, "attn_mask")
+            else:
+                raise ValueError(f"attn_mask: dtype {m.dtype} is neither bool (True = not "
+                                 "allowed to attend) nor floating (added to the scores)")
+        elif is_causal and not self.causal:
+            raise ValueError("is_causal=True without attn_mask: make the layer with causal=True "
+                             "(or pass the causal attn_mask)")
+        if key_padding_mask is not None:
+            kpm = np.asarray(key_padding_mask)
+            if unbatched and kpm.ndim == 1:
+                kpm = kpm[np.newaxis]
+            if kpm.shape != (B, Lk):
+                raise ValueError(f"key_padding_mask: shape {np.shape(key_padding_mask)}, "
+                                 f"expected {(B, Lk) if not unbatched else (Lk,)}")
+            if kpm.dtype == np.bool_:
+                call["key_visible"] = np.ascontiguousarray(~kpm, dtype=np.uint8)
+            elif kpm.dtype.kind == "f":
+                # added to the scores: folded with attn_mask into one [B * H, Lq, Lk] bias
+                bias3 = np.broadcast_to(kpm.astype(np.float32)[:, None, None, :],
+                                        (B, H, Lq, Lk))
+                if "attn_bias" in call or "attn_mask" in call:
+                    m = (call.pop("attn_bias") if "attn_bias" in call else
+                         np.where(call.pop("attn_mask"), 0.0, -np.inf).astype(np.float32))
+                    m = m.reshape(B, H, Lq, Lk) if call["mask_shape"] == 1 else m
+                    bias3 = bias3 + m
+                call["attn_bias"] = np.array(bias3.reshape(B * H, Lq, Lk), np.float32,
+                                             order="C")
+                call["mask_shape"] = 1
+            else:
+                raise ValueError(f"key_padding_mask: dtype {kpm.dtype} is neither bool (True = "
+                                 "ignore the key) nor floating (added to the scores)")
+        if kv_lens is not None:
+            kl = np.asarray(kv_lens)
+            if kl.shape != (B,) or kl.dtype.kind not in "iu":
+                raise ValueError(f"kv_lens: expected {B} integers, got {kl.dtype} {kl.shape}")
+            if kl.size and (kl.min() < 0 or kl.max() > Lk):
+                b = int(np.argmax((kl < 0) | (kl > Lk)))
+                raise ValueError(f"kv_lens[{b}] = {int(kl[b])} is outside [0, kv_len = {Lk}]")
+            call["kv_lens"] = np.ascontiguousarray(kl, dtype=np.int32)
+
+        out = np.empty((B, Lq, self.embed_dim), np.float32)
+        call["out"] = out
+        w = None
+        if need_weights:
+            call["weights_mode"] = 2 if average_attn_weights else 1
+            w = np.empty((B, Lq, Lk) if average_attn_weights else (B, H, Lq, Lk), np.float32)
+            call["weights"] = w
+        p = self.dropout if self.training else 0.0
+        core = self._core(p)
+        call["activations"] = np.empty(core.activation_size(B, Lq, Lk), np.uint8)
+        if keep_for_backward:
+            call["saved"] = np.empty(core.saved_size(B, Lq, Lk), np.uint8)
+        core.forward(call)
+        del call["activations"], call["out"]
+        call.pop("weights", None)
+        call.pop("weights_mode", None)
+        if keep_for_backward:
+            self._saved = (core, call, unbatched)
+        if w is not None and unbatched:
+            w = w[0]
+        return self._unbatch(out, unbatched), w
+
+    __call__ = forward
+
+    def backward(self, dout, *, inputs=True, params=True, grads=None, accumulate=False):
+        """Gradients for the last forward call made with keep_for_backward=True (its inputs,
+        parameters and masks unchanged since), given dout = dloss/dout in out's layout.
+
+        inputs: True, False or some of "query", "key", "value"; params: True, False or some
+        of the state_dict keys. Returns a dict of float32 arrays by those names (gradients of
+        the inputs in their layouts; when key or value was the query's (or key's) array, as
+        in self-attention, one array holds the sum of the gradients, as autograd gives, under
+        each of the names). grads: arrays to write into instead of new ones (float32,
+        C-contiguous, the tensor's shape); accumulate=True adds the gradients to what they
+        hold (every requested gradient must then be in grads).
+        """
+        if self._saved is None:
+            raise ValueError("backward: no forward call with keep_for_backward=True to "
+                             "differentiate")
+        core, call, unbatched = self._saved
+        B, Lq, Lk = call["batch"], call["q_len"], call["kv_len"]
+        E = self.embed_dim
+        d = self._batched(dout, "dout", unbatched)
+        if d.shape != (B, Lq, E):
+            raise ValueError(f"dout: shape {np.shape(dout)}, expected out's")
+        pshapes = self._param_shapes()
+        pkeys = {key: attr for key, attr in self._STATE if attr in pshapes}
+        want_in = (("query", "key", "value") if inputs is True else () if inputs is False
+                   else tuple(inputs))
+        want_p = (tuple(pkeys) if params is True else () if params is False else tuple(params))
+        for n in want_in:
+            if n not in ("query", "key", "value"):
+                raise ValueError(f"inputs: {n!r} is not 'query', 'key' or 'value'")
+        for n in want_p:
+            if n not in pkeys:
+                raise ValueError(f"params: {n!r} is not one of {', '.join(map(repr, pkeys))}")
+        grads = {} if grads is None else dict(grads)
+        for n in grads:
+            if n not in want_in and n not in want_p:
+                raise ValueError(f"grads: {n!r} is not a requested gradient")
+        if accumulate:
+            missing = [n for n in want_in + want_p if n not in grads]
+            if missing:
+                raise ValueError(f"accumulate=True: no array in grads for {missing}")
+
+        def target(name, shape):
+            a = grads.get(name)
+            if a is None:
+                return None
+            if not (isinstance(a, np.ndarray) and a.dtype == _F32 and a.flags.c_contiguous
+                    and a.flags.writeable and a.flags.aligned and a.shape == shape):
+                raise ValueError(f"grads[{name!r}]: expected a writable C-contiguous float32 "
+                                 f"array of shape {shape}")
+            return a
+
+        c = dict(call)
+        c["dout"] = d
+        c["mode"] = 1 if accumulate else 0
+        c["activations"] = np.empty(core.activation_size(B, Lq, Lk), np.uint8)
+        result = {}
+        for n in want_p:
+            attr = pkeys[n]
+            a = target(n, pshapes[attr])
+            result[n] = a if a is not None else np.empty(pshapes[attr], np.float32)
+            c["d_" + attr] = result[n]
+        # inputs: the same buffer for query and key (or value) shares one gradient (the sum)
+        q, k, v = call["query"], call["key"], call["value"]
+        owner = {"query": "query",
+                 "key": "query" if _same_buffer(k, q) else "key",
+                 "value": ("query" if _same_buffer(v, q) else
+                           "key" if _same_buffer(v, k) else "value")}
+        tensors = {"query": q, "key": k, "value": v}
+        copies = []  # (caller's array, the [B, L, F] gradient to copy or add into it)
+        bufs = {}
+        for n in want_in:
+            o = owner[n]
+            if o not in want_in:
+                o = n  # the owner's gradient is not asked for: this one gets its own part
+                owner[n] = n
+            if o in bufs:
+                c["d_" + n] = bufs[o]
+                continue
+            x = tensors[n]
+            shape = self._unbatch(x, unbatched).shape
+            a = target(n, shape)
+            for other in want_in:
+                if other != n and owner[other] == o and other in grads and \
+                        grads[other] is not grads.get(n):
+                    raise ValueError(f"grads[{other!r}] must be grads[{n!r}]: {other} and {n} "
+                                     "are one array, whose gradient is their sum")
+            if a is not None and (unbatched or self.batch_first):
+                buf = a.reshape(x.shape)  # a view: written in place
+            elif a is not None:
+                buf = np.zeros(x.shape, np.float32) if accumulate else np.empty(x.shape,
+                                                                                 np.float32)
+                copies.append((a, buf))
+            else:
+                buf = np.empty(x.shape, np.float32)
+            bufs[o] = c["d_" + n] = buf
+        core.backward(c)
+        for a, buf in copies:
+            if accumulate:
+                a += self._unbatch(buf, unbatched)
+            else:
+                np.copyto(a, self._unbatch(buf, unbatched))
+        for n in want_in:
+            a = grads.get(n)
+            if a is None:
+                a = grads.get(owner[n])
+            result[n] = a if a is not None else self._unbatch(bufs[owner[n]], unbatched)
+        # one array object per shared gradient
+        for n in want_in:
+            if owner[n] != n:
+                result[n] = result[owner[n]]
+        return result
 
 
 # ---- the PyTorch-style function -----------------------------------------------------------

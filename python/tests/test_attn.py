@@ -172,6 +172,27 @@ def rand(rng, *shape, amp=1.0):
     return (amp * rng.standard_normal(shape)).astype(np.float32)
 
 
+def other_thread_ran(call, times):
+    """Calls call() up to `times` times with a switch interval of 1000 s, under which the
+    interpreter never takes the GIL from the thread holding it: a second thread, waiting to
+    run, gets to run only if the calls release the GIL. True if it ran."""
+    go, ran = threading.Event(), threading.Event()
+    worker = threading.Thread(target=lambda: (go.wait(), ran.set()))
+    worker.start()
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+    try:
+        go.set()
+        calls = 0
+        while not ran.is_set() and calls < times:
+            call()
+            calls += 1
+        return ran.is_set()
+    finally:
+        sys.setswitchinterval(old)
+        worker.join()
+
+
 def to_layout(x, layout):
     """A logical [B, H, L, D] array in the given layout (a fresh C-contiguous array)."""
     return np.ascontiguousarray(x.transpose(0, 2, 1, 3)) if layout == "bshd" else x
@@ -509,22 +530,8 @@ class TestContext(Case):
         rng = np.random.default_rng(21)
         q, k, v = rand(rng, 1, 8, 256, 64), rand(rng, 1, 8, 1024, 64), rand(rng, 1, 8, 1024, 64)
         ctx = attn.Context(8, 8, 64, threads=1)
-        go, ran = threading.Event(), threading.Event()
-        worker = threading.Thread(target=lambda: (go.wait(), ran.set()))
-        worker.start()
-        old = sys.getswitchinterval()
-        sys.setswitchinterval(1000.0)
-        try:
-            go.set()
-            calls = 0
-            while not ran.is_set() and calls < 50:
-                ctx.forward(q, k, v)
-                calls += 1
-            seen = ran.is_set()
-        finally:
-            sys.setswitchinterval(old)
-            worker.join()
-        self.assertTrue(seen, "no other thread ran during 50 calls: the GIL was held")
+        self.assertTrue(other_thread_ran(lambda: ctx.forward(q, k, v), 50),
+                        "no other thread ran during 50 calls: the GIL was held")
 
     def test_threads_sharing_one_context_take_turns(self):
         rng = np.random.default_rng(22)
@@ -1000,22 +1007,9 @@ class TestNewErrors(unittest.TestCase):
         q, k = rand(rng, 1, 4, 256, 64), rand(rng, 1, 4, 512, 64)
         ctx = attn.Context(4, 4, 64, threads=1, backward=True)
         res = ctx.forward(q, k, k, return_lse=True)
-        go, ran = threading.Event(), threading.Event()
-        worker = threading.Thread(target=lambda: (go.wait(), ran.set()))
-        worker.start()
-        old = sys.getswitchinterval()
-        sys.setswitchinterval(1000.0)
-        try:
-            go.set()
-            calls = 0
-            while not ran.is_set() and calls < 20:
-                ctx.backward(q, k, k, res.out, res.out, res.lse)
-                calls += 1
-            seen = ran.is_set()
-        finally:
-            sys.setswitchinterval(old)
-            worker.join()
-        self.assertTrue(seen, "no other thread ran during 20 backward calls: the GIL was held")
+        self.assertTrue(other_thread_ran(lambda: ctx.backward(q, k, k, res.out, res.out,
+                                                              res.lse), 20),
+                        "no other thread ran during 20 backward calls: the GIL was held")
 
 
 # ---- references and memory -----------------------------------------------------------------

@@ -20,7 +20,7 @@
 
 #include "support/kv_model.h"
 
-long fuzz_outcomes[3]; /* [0] refused descriptors, [1] refused operations, [2] checked calls */
+static long outcomes[3]; /* [0] refused descriptors, [1] refused operations, [2] checked calls */
 
 typedef struct bytes {
     const uint8_t *p;
@@ -75,7 +75,7 @@ static void refused(const attn_kv_cache *c, uint32_t S, const observed *before, 
     observed now = observe(c, S);
     if (memcmp(&now, before, sizeof now) != 0)
         fail("a refused operation changed the cache");
-    fuzz_outcomes[1]++;
+    outcomes[1]++;
 }
 
 static const uint32_t block_sizes[] = {1, 2, 3, 7, 16, 64, 256, 512};
@@ -110,7 +110,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (st != ATTN_OK) {
         if (c || hostile > 3)
             fail("a valid descriptor was refused, or a refused one gave a cache");
-        fuzz_outcomes[0]++;
+        outcomes[0]++;
         return 0;
     }
     int64_t max_len = d.max_len ? (int64_t)d.max_len : (int64_t)d.capacity;
@@ -229,7 +229,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (attn_kv_cache_len(c, i) != m.len[i])
                 fail("a sequence's length differs from the model's");
     }
-    fuzz_outcomes[2] += tot.calls;
+    outcomes[2] += tot.calls;
     /* every block comes back once every sequence is empty */
     for (uint32_t i = 0; i < S; i++)
         if (attn_kv_cache_truncate(c, i, 0) != ATTN_OK)
@@ -241,3 +241,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     attn_kv_cache_destroy(c);
     return 0;
 }
+
+#ifdef ATTN_FUZZ_CACHE_REPLAY
+#include "replay.h"
+
+/* The replay summary (the driver is replay.c). */
+int replay_summary(int files)
+{
+    printf("inputs: %ld refused cache descriptors, %ld refused operations (nothing changed), "
+           "%ld attention calls checked against the model\n", outcomes[0], outcomes[1],
+           outcomes[2]);
+    printf("%d passed, 0 failed\n", files);
+    return files > 0 && outcomes[2] > 0 ? 0 : 1;
+}
+#endif

@@ -23,7 +23,6 @@
  * than reading as zeros, and no invalid option is chosen from them.
  */
 #define _GNU_SOURCE
-#include <dlfcn.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -32,22 +31,11 @@
 
 #include <attn/attn.h>
 
+#include "fuzz_bytes.h"
+#include "support/blas_next.h"
 #include "support/check.h"
 #include "support/reference.h"
 
-typedef struct bytes {
-    const uint8_t *p;
-    size_t n, at;
-    uint64_t tail; /* generator for choices past the end of the input */
-} bytes;
-
-static unsigned byte(bytes *b)
-{
-    if (b->at < b->n)
-        return b->p[b->at++];
-    b->tail = b->tail * 6364136223846793005ull + 1442695040888963407ull;
-    return (unsigned)(b->tail >> 56);
-}
 
 static unsigned pick(bytes *b, unsigned n)
 {
@@ -180,34 +168,14 @@ static int view_unchanged(const buffer *b, const void *base, attn_strides s, int
 
 /* ---- the BLAS's own thread count --------------------------------------------------------- */
 
-typedef int (*get_fn)(void);
-typedef void (*set_fn)(int);
-static get_fn blas_get;
-static set_fn blas_set;
+static attn_test_threads_get_fn blas_get;
+static attn_test_threads_set_fn blas_set;
 static int blas_looked_up;
 
 static void find_blas_count(void)
 {
     blas_looked_up = 1;
-    void *par = dlsym(RTLD_DEFAULT, "openblas_get_parallel"), *g = NULL, *s = NULL;
-    if (par) {
-        get_fn parallel;
-        memcpy(&parallel, &par, sizeof par);
-        int mode = parallel();
-        if (mode == 1)
-            g = dlsym(RTLD_DEFAULT, "openblas_get_num_threads"),
-            s = dlsym(RTLD_DEFAULT, "openblas_set_num_threads");
-        else if (mode == 2)
-            g = dlsym(RTLD_DEFAULT, "omp_get_max_threads"),
-            s = dlsym(RTLD_DEFAULT, "omp_set_num_threads");
-    } else {
-        g = dlsym(RTLD_DEFAULT, "bli_thread_get_num_threads");
-        s = dlsym(RTLD_DEFAULT, "bli_thread_set_num_threads");
-    }
-    if (g && s) {
-        memcpy(&blas_get, &g, sizeof g);
-        memcpy(&blas_set, &s, sizeof s);
-    }
+    attn_test_blas_thread_count(1, &blas_get, &blas_set);
 }
 
 /* ---- outcomes ---------------------------------------------------------------------------- */

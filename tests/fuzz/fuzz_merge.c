@@ -308,45 +308,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 #ifdef ATTN_FUZZ_MERGE_REPLAY
-#include <dirent.h>
-#include <sys/stat.h>
+#include "replay.h"
 
-static int replay_file(const char *path)
+/* The replay summary (the driver is replay.c). */
+int replay_summary(int files)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return 0;
-    uint8_t buf[1 << 16];
-    size_t len = fread(buf, 1, sizeof buf, f);
-    fclose(f);
-    LLVMFuzzerTestOneInput(buf, len);
-    return 1;
-}
-
-/* Replays files and directories of inputs. */
-int main(int argc, char **argv)
-{
-    int files = 0;
-    for (int a = 1; a < argc; a++) {
-        struct stat sb;
-        if (stat(argv[a], &sb) != 0)
-            continue;
-        if (!S_ISDIR(sb.st_mode)) {
-            files += replay_file(argv[a]);
-            continue;
-        }
-        DIR *dir = opendir(argv[a]);
-        struct dirent *e;
-        while (dir && (e = readdir(dir))) {
-            if (e->d_name[0] == '.')
-                continue;
-            char path[4096];
-            snprintf(path, sizeof path, "%s/%s", argv[a], e->d_name);
-            files += replay_file(path);
-        }
-        if (dir)
-            closedir(dir);
-    }
     printf("inputs: %ld rejected by attn_merge (nothing written), %ld merged and checked against "
            "the float64 merge\n", outcomes[0], outcomes[1]);
     printf("%d passed, 0 failed\n", files);

@@ -15,24 +15,12 @@
 
 #include <attn/attn.h>
 
+#include "fuzz_bytes.h"
 #include "support/check.h"
 #include "support/reference_backward.h"
 
-long fuzz_outcomes[3]; /* [1] refused, [2] computed and checked (the replay driver prints them) */
+long fuzz_outcomes[4]; /* [1] refused, [2] computed and checked (the replay driver prints them) */
 
-typedef struct bytes {
-    const uint8_t *p;
-    size_t n, at;
-    uint64_t tail;
-} bytes;
-
-static unsigned byte(bytes *b)
-{
-    if (b->at < b->n)
-        return b->p[b->at++];
-    b->tail = b->tail * 6364136223846793005ull + 1442695040888963407ull;
-    return (unsigned)(b->tail >> 56);
-}
 
 static unsigned pick(bytes *b, unsigned n)
 {

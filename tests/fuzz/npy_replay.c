@@ -1,49 +1,12 @@
-/* Runs the .npy fuzz target on files without libFuzzer: ctest replays the committed corpus. */
-#include <dirent.h>
-#include <stdint.h>
+/* The replay summary of the .npy fuzz target (fuzz_npy.c); the driver is replay.c. */
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "replay.h"
+
 extern long npy_fuzz_outcomes[2];
 
-static int run_file(const char *path)
+int replay_summary(int files)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return 0;
-    static uint8_t buf[1 << 20];
-    size_t n = fread(buf, 1, sizeof buf, f);
-    fclose(f);
-    LLVMFuzzerTestOneInput(buf, n);
-    return 1;
-}
-
-int main(int argc, char **argv)
-{
-    int files = 0;
-    for (int i = 1; i < argc; i++) {
-        struct stat st;
-        if (stat(argv[i], &st) != 0)
-            continue;
-        if (!S_ISDIR(st.st_mode)) {
-            files += run_file(argv[i]);
-            continue;
-        }
-        DIR *dir = opendir(argv[i]);
-        struct dirent *e;
-        while (dir && (e = readdir(dir))) {
-            if (e->d_name[0] == '.')
-                continue;
-            char path[4096];
-            snprintf(path, sizeof path, "%s/%s", argv[i], e->d_name);
-            files += run_file(path);
-        }
-        if (dir)
-            closedir(dir);
-    }
     printf("inputs: %ld rejected with a message, %ld accepted and checked\n", npy_fuzz_outcomes[0],
            npy_fuzz_outcomes[1]);
     printf("%d passed, 0 failed\n", files);

@@ -44,3 +44,28 @@ attn_test_sgemv_fn attn_test_next_sgemv(void)
     }
     return f;
 }
+
+void attn_test_blas_thread_count(int openmp, attn_test_threads_get_fn *get,
+                                 attn_test_threads_set_fn *set)
+{
+    void *par = dlsym(RTLD_DEFAULT, "openblas_get_parallel"), *g = NULL, *s = NULL;
+    if (par) {
+        attn_test_threads_get_fn parallel;
+        memcpy(&parallel, &par, sizeof par);
+        int mode = parallel();
+        if (mode == 1) /* pthread build: one process-wide count */
+            g = dlsym(RTLD_DEFAULT, "openblas_get_num_threads"),
+            s = dlsym(RTLD_DEFAULT, "openblas_set_num_threads");
+        else if (mode == 2 && openmp)
+            g = dlsym(RTLD_DEFAULT, "omp_get_max_threads"),
+            s = dlsym(RTLD_DEFAULT, "omp_set_num_threads");
+    } else {
+        g = dlsym(RTLD_DEFAULT, "bli_thread_get_num_threads");
+        s = dlsym(RTLD_DEFAULT, "bli_thread_set_num_threads");
+    }
+    *get = NULL, *set = NULL;
+    if (g && s) {
+        memcpy(get, &g, sizeof g);
+        memcpy(set, &s, sizeof s);
+    }
+}
