@@ -33,11 +33,17 @@
 
 #include "support/kv_model.h"
 
-/* TEST_KV_CACHE_QUICK=1 (valgrind's run) cuts the random runs to a tenth. */
+/* TEST_KV_CACHE_QUICK=1 (valgrind's run, where every thread runs serialised and 50 times
+ * slower) cuts the random runs to a twentieth and the long shapes short. */
+static int quick(void)
+{
+    const char *q = getenv("TEST_KV_CACHE_QUICK");
+    return q && q[0] == '1';
+}
+
 static uint64_t runs(uint64_t n)
 {
-    const char *quick = getenv("TEST_KV_CACHE_QUICK");
-    return quick && quick[0] == '1' ? n / 10 : n;
+    return quick() ? n / 20 : n;
 }
 
 /* The model's check, failing the test with its reason. */
@@ -163,7 +169,7 @@ static void test_operations_against_model(void **state)
     print_message("%llu operation runs: %ld attention calls, %ld elements within tolerance "
                   "(worst %.3f of it), %ld batch entries bitwise equal to attn_forward\n",
                   (unsigned long long)n, tot.calls, tot.compared, tot.worst, tot.bitwise);
-    assert_true(tot.bitwise > (long)n);
+    assert_true(quick() || tot.bitwise > (long)n); /* the quick runs may draw no 256-token blocks */
 }
 
 /* ---- random attention configurations over a filled cache ---------------------------------- */
@@ -181,7 +187,7 @@ static void run_config(uint64_t seed, kv_totals *tot)
     d.dtype = dtypes[rng_below(&r, 3)];
     d.max_seqs = (uint32_t)(1 + rng_below(&r, 4));
     d.block_tokens = blocks[rng_below(&r, 6)];
-    int64_t max_len = 1 + rng_below(&r, rng_below(&r, 3) ? 700 : 2500);
+    int64_t max_len = 1 + rng_below(&r, quick() ? 300 : rng_below(&r, 3) ? 700 : 2500);
     d.max_len = (uint64_t)max_len;
     d.capacity = (uint64_t)((max_len + d.block_tokens - 1) / d.block_tokens * d.block_tokens * d.max_seqs);
     attn_kv_cache *c = make_cache(&d);
@@ -236,7 +242,7 @@ static void test_thread_invariance(void **state)
     (void)state;
     static const uint32_t dtypes[] = {ATTN_KV_F32, ATTN_KV_F16, ATTN_KV_BF16};
     for (int t = 0; t < 3; t++)
-        for (uint32_t q_len = 1; q_len <= 300; q_len += 299) {
+        for (uint32_t q_len = 1; q_len <= 300; q_len += quick() ? 300 : 299) {
             rng r = {77 + (uint64_t)t};
             attn_kv_cache_desc d;
             attn_kv_cache_desc_init(&d);
