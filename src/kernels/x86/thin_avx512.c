@@ -27,6 +27,11 @@ static inline __m512 load16(const void *row, int64_t d, uint32_t dtype, int64_t 
     return widen16(_mm256_loadu_si256((const __m256i *)h), dtype);
 }
 
+/* Rows ahead that the thin kernels ask for (8 KiB of float keys of width 128): the hardware
+ * prefetcher alone left decode-4k at 40-60 % of the read bandwidth, reading cold K/V tiles
+ * one demand miss at a time; asked ahead, it streams near the bandwidth (docs/performance.md). */
+#define PREFETCH_ROWS 16
+
 static inline int64_t elem_size(uint32_t dtype)
 {
     return dtype == 0 ? 4 : 2;
@@ -54,7 +59,11 @@ static void thin_scores_avx512(float *scores, int64_t ld, const float *q, int64_
     int64_t c = 0;
     /* four keys at a time: four independent accumulators per row and one shared reduction;
      * the four key rows stay in L1 while the query rows pass over them */
-    for (; c + 4 <= n; c += 4)
+    for (; c + 4 <= n; c += 4) {
+        if (c + PREFETCH_ROWS + 4 <= n) /* the rows PREFETCH_ROWS keys ahead, one line a row */
+            for (int i = 0; i < 4; i++)
+                for (int64_t line = 0; line < row_bytes; line += 64)
+                    _mm_prefetch(kb + (c + PREFETCH_ROWS + i) * row_bytes + line, _MM_HINT_T0);
         for (int64_t r = 0; r < rows; r++) {
             __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
                            _mm512_setzero_ps()};
@@ -68,6 +77,7 @@ static void thin_scores_avx512(float *scores, int64_t ld, const float *q, int64_
             __m128 s4 = _mm_mul_ps(sum4(a[0], a[1], a[2], a[3]), _mm_set1_ps(scale));
             _mm_storeu_ps(scores + r * ld + c, s4);
         }
+    }
     for (; c < n; c++) {
         const void *krow = kb + c * row_bytes;
         for (int64_t r = 0; r < rows; r++) {
@@ -101,6 +111,10 @@ static inline void values_block(float *acc, int64_t ldacc, const float *p, int64
         if (w0 == 0.0f && w1 == 0.0f) /* hidden or dropped: skip the row (0 * inf is NaN) */
             continue;
         const void *vrow = v + c * ldv_bytes;
+        if (c + PREFETCH_ROWS < n) /* this block's part of the row PREFETCH_ROWS ahead */
+            for (int64_t line = 0; line < width * elem_size(dtype); line += 64)
+                _mm_prefetch(v + (c + PREFETCH_ROWS) * ldv_bytes + e0 * elem_size(dtype) + line,
+                             _MM_HINT_T0);
         __m512 b0 = _mm512_set1_ps(w0), b1 = _mm512_set1_ps(w1);
         for (int64_t x = 0; x < chunks; x++) {
             int64_t count = width - 16 * x < 16 ? width - 16 * x : 16;
