@@ -126,6 +126,26 @@ static float *float_buffer(buffer *b, int64_t extent, double amp, float fill)
     return p;
 }
 
+/*
+ * Values for the exact-score mode: n 2^a with n an integer in [-127, 127] (7 significant bits),
+ * 2^a chosen so that 127 2^a is about amp (1 -> 2^-7, 30 -> 2^-2, 1e4 -> 2^6). Q takes the
+ * amplitude, K amplitude 1 (2^-7). Every product is then (n_q n_k) 2^(a_q + a_k) with
+ * |n_q n_k| <= 127^2, and a dot product over D <= 256 terms sums at most 256 * 127^2 < 2^24 such
+ * units: float32 represents every partial sum exactly, in any order. With the power-of-two scale
+ * 2^-ceil(log2 D), |score| <= 127 2^a: up to 8,128 at amplitude 1e4. The harness does not tell
+ * the oracle about the mode: the oracle checks exactness on the values it is given.
+ * One value() per element, as float_buffer, so the values drawn after these are the same.
+ */
+static float *exact_buffer(buffer *b, int64_t extent, double amp)
+{
+    size_t n = extent > 0 ? (size_t)extent : 1;
+    float *p = buffer_alloc(b, n * sizeof(float));
+    int a = (int)lrint(log2(amp / 128.0));
+    for (size_t i = 0; i < n; i++)
+        p[i] = ldexpf(rintf(value(1.0) * 127.0f), a);
+    return p;
+}
+
 static void buffer_snapshot(buffer *b)
 {
     if (!b->p)
@@ -191,6 +211,29 @@ static void fail(const char *what, const char *detail)
     abort();
 }
 
+/* FUZZ_SABOTAGE=out or lse (with FUZZ_COUNT_FAILURES): spoil an accepted call's result before
+ * the oracle sees it, out multiplied by 1.01 or lse increased by 0.01, to measure how often the
+ * oracle would let such an error through (docs/testing.md). */
+static void sabotage(const attn_args *a, int64_t B, int64_t Hq, int64_t Lq, int64_t Dv)
+{
+    const char *what = getenv("FUZZ_SABOTAGE");
+    if (!what || !getenv("FUZZ_COUNT_FAILURES"))
+        return;
+    if (strcmp(what, "out") == 0) {
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t h = 0; h < Hq; h++)
+                for (int64_t i = 0; i < Lq; i++) {
+                    float *o = a->out + b * a->out_strides.batch + h * a->out_strides.head +
+                               i * a->out_strides.seq;
+                    for (int64_t d = 0; d < Dv; d++)
+                        o[d] *= 1.01f;
+                }
+    } else if (strcmp(what, "lse") == 0 && a->lse) {
+        for (int64_t r = 0; r < B * Hq * Lq; r++)
+            a->lse[r] += 0.01f;
+    }
+}
+
 static const int64_t windows[] = {-1, -1, -1, 0, 1, 3, 17, 40, 300, ATTN_MAX_DISTANCE - 1,
                                   ATTN_MAX_DISTANCE};
 
@@ -248,7 +291,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     d.qk_dim = bad == DIM ? (pick(&in, 2) ? 0 : ATTN_MAX_HEAD_DIM + 1) : D;
     d.v_dim = Dv;
     static const float scales[] = {0.0f, 0.125f, 1.0f, -0.5f, 3.0f};
-    d.scale = bad == SCALE ? (pick(&in, 2) ? NAN : INFINITY) : scales[pick(&in, 5)];
+    /* Exact scores, 1 in 4: the same byte also picks the scale (byte % 20 % 5 == byte % 5, so
+     * inputs written before this mode existed keep their scale choice), replaced here by a
+     * power of two. See exact_values below. */
+    int exact_mode = 0;
+    if (bad == SCALE) {
+        d.scale = pick(&in, 2) ? NAN : INFINITY;
+    } else {
+        unsigned si = pick(&in, 20);
+        d.scale = scales[si % 5];
+        if (si >= 15 && D >= 1) {
+            exact_mode = 1;
+            /* 2^-ceil(log2 D), negative for the entry of -0.5: |scale * q . k| <= |q|max |k|max */
+            int c = 0;
+            while ((1u << c) < D)
+                c++;
+            d.scale = ldexpf(d.scale < 0.0f ? -1.0f : 1.0f, -c);
+        }
+    }
     d.flags = bad == FLAGS ? (byte(&in) | 1) << 2 : 0; /* unknown bits */
     if (pick(&in, 2))
         d.flags |= ATTN_CAUSAL;
@@ -340,8 +400,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
      * buffer is made large enough for both. */
     int out_in_q = rarely(&in) && eq > 0 && eo > 0;
     int64_t shift = out_in_q ? (int64_t)pick(&in, (unsigned)(eq < 65536 ? eq : 65536)) : 0;
-    float *q = float_buffer(&bq, out_in_q ? shift + eo > eq ? shift + eo : eq : eq, amp, 0);
-    float *k = float_buffer(&bk, ek, 1.0, 0), *v = float_buffer(&bv, ev, 1.0, 0);
+    int64_t qn = out_in_q ? shift + eo > eq ? shift + eo : eq : eq;
+    float *q = exact_mode ? exact_buffer(&bq, qn, amp) : float_buffer(&bq, qn, amp, 0);
+    float *k = exact_mode ? exact_buffer(&bk, ek, 1.0) : float_buffer(&bk, ek, 1.0, 0);
+    float *v = float_buffer(&bv, ev, 1.0, 0);
     a.q = q, a.k = k, a.v = v;
     float *out = float_buffer(&bo, eo, 0, sentinel);
     a.out = out_in_q ? q + shift : out;
@@ -471,13 +533,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ref_result r;
         ref_attention(&p, &r);
         check_stats cs = {0};
+        sabotage(&a, B, Hq, Lq, Dv);
         check_outputs(&p, &r, &d, &a, "fuzz", &cs);
         if (getenv("FUZZ_VERBOSE")) {
             long masked_rows = 0;
             for (int64_t i = 0; i < B * Hq * Lq; i++)
                 masked_rows += r.masked[i];
-            fprintf(stderr, "oracle: %s amp=%g lse=%d worst=%.3g rows seeing no key %ld of %lld\n",
-                    cs.failures ? "fail" : "pass", amp, a.lse != NULL, cs.worst_ratio,
+            fprintf(stderr,
+                    "oracle: %s amp=%g lse=%d worst=%.3g exact-mode=%d exact-keys=%lld/%lld "
+                    "max|lse|=%.4g rows seeing no key %ld of %lld\n",
+                    cs.failures ? "fail" : "pass", amp, a.lse != NULL, cs.worst_ratio, exact_mode,
+                    (long long)r.exact_keys, (long long)r.visible_keys, r.max_abs_lse,
                     masked_rows, (long long)(B * Hq * Lq));
         }
         if (cs.failures) {

@@ -1,4 +1,5 @@
 /* Naive double-precision attention and its float32 error bounds. */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,70 @@ ref_problem ref_problem_from(const attn_desc *d, const attn_args *a)
 
 #define U 0x1p-24 /* unit roundoff of float32 */
 
+/* Exponent of the lowest set bit of a finite, non-zero double: x = N 2^e with N odd. */
+static int low_bit(double x)
+{
+    int ex;
+    double m = frexp(fabs(x), &ex); /* |x| = m 2^ex, m in [0.5, 1): m 2^53 is an integer */
+    uint64_t n = (uint64_t)ldexp(m, 53);
+    int tz = 0;
+    while (!(n & 1u))
+        n >>= 1, tz++;
+    return ex - 53 + tz;
+}
+
+/*
+ * Whether float32 computes scale * (q . k) exactly, whatever the summation order, blocking or
+ * use of FMA, and whether the scale is applied to the sum or to either operand first. Verified
+ * from the values themselves (see docs/testing.md, "Exact scores"):
+ *   - the scale is a power of two, 2^c;
+ *   - every non-zero product q_d k_d is a multiple of 2^e (e = the lowest set bit among them)
+ *     and sum_d |q_d k_d| <= 2^24 2^e: then every partial sum of any subset, in any order, is a
+ *     multiple of 2^e of magnitude at most 2^24 2^e, which float32 represents exactly;
+ *   - nothing leaves float32's range: e and e + c at least -149 (the subnormal spacing), each
+ *     q_d 2^c and k_d 2^c exact, and 2^24 2^e max(1, 2^c) below FLT_MAX.
+ * Products of two floats are exact in double (48 significant bits), and so is the scaled
+ * integer sum below, so the check itself does not round.
+ */
+static int dot_is_exact(const float *q, const float *k, int64_t D, double scale)
+{
+    if (!(scale != 0.0) || !isfinite(scale))
+        return 0;
+    int c;
+    if (frexp(fabs(scale), &c) != 0.5)
+        return 0;
+    c -= 1; /* |scale| = 2^c */
+    int e = INT32_MAX;
+    for (int64_t d = 0; d < D; d++) {
+        if (!isfinite(q[d]) || !isfinite(k[d]))
+            return 0;
+        if (q[d] == 0.0f || k[d] == 0.0f)
+            continue;
+        if (low_bit(q[d]) + c < -149 || low_bit(k[d]) + c < -149 ||
+            fabs(ldexp((double)q[d], c)) > FLT_MAX || fabs(ldexp((double)k[d], c)) > FLT_MAX)
+            return 0;
+        int lb = low_bit((double)q[d] * k[d]);
+        e = lb < e ? lb : e;
+    }
+    if (e == INT32_MAX)
+        return 1; /* every product is zero */
+    if (e < -149 || e + c < -149 || ldexp(1.0, 24 + e + (c > 0 ? c : 0)) > FLT_MAX)
+        return 0;
+    uint64_t sum = 0;
+    for (int64_t d = 0; d < D; d++) {
+        double t = fabs((double)q[d] * k[d]);
+        if (t == 0.0)
+            continue;
+        double n = ldexp(t, -e); /* an integer: t is a multiple of 2^e */
+        if (n > 0x1p24)
+            return 0;
+        sum += (uint64_t)n;
+        if (sum > (1u << 24))
+            return 0;
+    }
+    return 1;
+}
+
 void ref_attention(const ref_problem *p, ref_result *r)
 {
     size_t rows = (size_t)(p->B * p->Hq * p->Lq);
@@ -45,6 +110,9 @@ void ref_attention(const ref_problem *p, ref_result *r)
     double *s = xcalloc((size_t)p->Lk, sizeof(double));
     double *mag = xcalloc((size_t)p->Lk, sizeof(double));
     unsigned char *vis = xcalloc((size_t)p->Lk, 1);
+    unsigned char *exact = xcalloc((size_t)p->Lk, 1);
+    r->exact_keys = r->visible_keys = 0;
+    r->max_abs_lse = 0.0;
     int64_t group = p->Hq / p->Hkv;
 
     for (int64_t b = 0; b < p->B; b++)
@@ -78,6 +146,9 @@ void ref_attention(const ref_problem *p, ref_result *r)
                     x += bias;
                     if (x == -INFINITY) ok = 0;
                     vis[j] = (unsigned char)ok;
+                    exact[j] = (unsigned char)(ok && dot_is_exact(q, k, p->D, p->scale));
+                    r->visible_keys += ok;
+                    r->exact_keys += exact[j];
                     s[j] = x;
                     /* magnitude that float rounding of this score is relative to */
                     mag[j] = absdot * fabs(p->scale) + fabs(bias) + fabs(x);
@@ -120,10 +191,23 @@ void ref_attention(const ref_problem *p, ref_result *r)
                  * sum_j p_j delta_j plus the rounding of ln and of the final sum), entropy
                  * -sum_j p_j ln p_j (error sum_j |dp_j| |ln p_j| plus rounding).
                  */
+                /*
+                 * Where the dot product is exact in float32 (dot_is_exact), the D-term dot
+                 * product contributes nothing: the score's error is the rounding of the
+                 * scaling and of the bias addition (u mag_j covers both), and the subtraction
+                 * of the running maximum, done once within the block and once more in every
+                 * rescaling of the block's sum by exp(m_old - m_new), moves its argument by at
+                 * most 2 u |x_j - m| in total (the shifts only grow towards m):
+                 *   delta_j = u mag_j + 2 u |x_j - m|.
+                 */
                 double dbar = 0.0, *rel = mag;
                 for (int64_t j = 0; j < p->Lk; j++)
                     if (vis[j]) {
-                        mag[j] = (double)(p->D + 3) * U * mag[j] + 2.0 * U * (fabs(s[j]) + fabs(m));
+                        if (exact[j])
+                            mag[j] = U * mag[j] + 2.0 * U * fabs(s[j] - m);
+                        else
+                            mag[j] = (double)(p->D + 3) * U * mag[j] +
+                                     2.0 * U * (fabs(s[j]) + fabs(m));
                         dbar += w[j] * mag[j];
                     }
                 double ent_err = 0.0;
@@ -150,6 +234,8 @@ void ref_attention(const ref_problem *p, ref_result *r)
                     out_tol[d] = 2.0 * err + 1e-30;
                 }
                 r->lse[row] = lse;
+                if (fabs(lse) > r->max_abs_lse)
+                    r->max_abs_lse = fabs(lse);
                 r->lse_tol[row] = 2.0 * (dbar + (double)(n_vis + 8) * U + 2.0 * U * fabs(lse));
                 r->entropy[row] = ent;
                 r->entropy_tol[row] =
@@ -159,6 +245,7 @@ void ref_attention(const ref_problem *p, ref_result *r)
     free(s);
     free(mag);
     free(vis);
+    free(exact);
 }
 
 void ref_free(ref_result *r)

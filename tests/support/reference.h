@@ -28,6 +28,10 @@ typedef struct ref_result {
     /* tolerances, same shapes */
     double *out_tol, *lse_tol, *entropy_tol, *weights_tol;
     unsigned char *masked; /* [B,Hq,Lq]: 1 if the row sees no key */
+    /* visible (row, key) pairs, and how many of them have a dot product that float32 computes
+     * exactly (the tighter score bound applies to those); the largest |lse| of the problem */
+    int64_t visible_keys, exact_keys;
+    double max_abs_lse;
 } ref_result;
 
 /* Allocates the result arrays (abort on no memory: tests only) and computes them. */
