@@ -41,7 +41,7 @@ static void softmax_and_values(const attn_problem *p, const attn_task *t, int64_
                 row[d] *= alpha;
         }
     }
-    if (attn_engine_thin(ctx, t->rows)) { /* the tile as stored, read once */
+    if (t->thin) { /* the tile as stored, read once */
         int64_t esize = (int64_t)attn_dtype_size(v.dtype);
         ctx->kernels->thin_values(acc + r0 * dv, dv, scores + r0 * ATTN_TILE_K + a, ATTN_TILE_K,
                                   r1 - r0, (const char *)v.data + a * v.ld * esize, v.ld,
@@ -106,7 +106,7 @@ int attn_tile_scores(const attn_problem *p, const attn_task *t, int64_t j0, int6
 static void online_tile(const attn_problem *p, const attn_task *t, int64_t j0, int64_t n,
                         attn_row_state *state, float *acc)
 {
-    attn_kv_tile v = attn_engine_thin(p->ctx, t->rows)
+    attn_kv_tile v = t->thin
                          ? attn_kv_get_raw(p->kv, ATTN_KV_VALUES, t->b, t->g, j0, n)
                          : attn_kv_get(p->kv, ATTN_KV_VALUES, t->b, t->g, j0, n, t->w->convert);
     int64_t a[ATTN_TILE_Q / ATTN_SUB_ROWS], z[ATTN_TILE_Q / ATTN_SUB_ROWS];

@@ -42,7 +42,4 @@ static inline int64_t attn_problem_keys(const attn_problem *p, int64_t b)
     return p->kv->keys ? p->kv->keys(p->kv, b) : p->kv_lens ? (int64_t)p->kv_lens[b] : p->kv_len;
 }
 
-/* Whether a task of `rows` rows takes the thin (streaming) kernels instead of the BLAS. */
-int attn_engine_thin(const attn_ctx *ctx, int64_t rows);
-
 #endif

@@ -1,20 +1,13 @@
 /* The scaled dot-product score operation. */
 #include "core/blas.h"
-#include "dispatch/dispatch.h"
 #include "engine/score_op.h"
-
-int attn_engine_thin(const attn_ctx *ctx, int64_t rows)
-{
-    int mode = attn_dispatch_thin_mode();
-    return rows <= ATTN_THIN_ROWS && mode >= 0 && (mode > 0 || ctx->kernels->thin_preferred);
-}
 
 static void dot_tile(const attn_problem *p, const attn_task *t, int64_t r0, int64_t r1,
                      int64_t j0, int64_t n, float *scores, int ld)
 {
     const attn_ctx *ctx = p->ctx;
     const float *q = t->q + r0 * t->ldq;
-    if (attn_engine_thin(ctx, t->rows)) { /* few rows: stream K once, no packing */
+    if (t->thin) { /* few rows: stream K once, no packing */
         attn_kv_tile k = attn_kv_get_raw(p->kv, ATTN_KV_KEYS, t->b, t->g, j0, n);
         ctx->kernels->thin_scores(scores, ld, q, t->ldq, r1 - r0, k.data, k.ld,
                                   attn_kv_tile_kind(&k), n, ctx->desc.qk_dim, ctx->scale);

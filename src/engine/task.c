@@ -1,11 +1,20 @@
 /* Tasks: row maps, visible key ranges, Q rows, bias and mask rows. */
 #include <string.h>
 
+#include "dispatch/dispatch.h"
 #include "engine/task.h"
 #include "engine/tiles.h"
 
+/* Whether a task of `rows` rows takes the thin kernels: ATTN_DECODE decides, else the table. */
+static int takes_thin(const attn_ctx *ctx, int64_t rows)
+{
+    int mode = attn_dispatch_thin_mode();
+    return rows <= ATTN_THIN_ROWS && mode >= 0 && (mode > 0 || ctx->kernels->thin_preferred);
+}
+
 static void finish_setup(const attn_problem *p, attn_task *t)
 {
+    t->thin = takes_thin(p->ctx, t->rows);
     int64_t keys = attn_problem_keys(p, t->b);
     attn_visibility vis = p->vis;
     if (p->q_at_end)

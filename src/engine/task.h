@@ -17,6 +17,7 @@ typedef struct attn_task {
     int64_t klo, khi;        /* union of the rows' visible key intervals */
     const float *q;          /* row 0 of the query matrix */
     int ldq;                 /* its leading dimension */
+    int thin;                /* few rows: the thin (streaming) kernels instead of the BLAS */
 } attn_task;
 
 /* Rows i0 .. i0+rows-1 of query head h (rows = min(attn_block_rows, q_len - i0)). */
