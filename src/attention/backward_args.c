@@ -6,9 +6,9 @@
 #include <stddef.h>
 
 #include "attention/backward.h"
+#include "attention/instance.h"
 #include "core/abi.h"
 #include "core/tensor.h"
-#include "engine/score_op.h"
 
 static const attn_backward_args args_defaults = {
     .struct_size = sizeof(attn_backward_args),
@@ -26,18 +26,6 @@ enum {
     T_Q, T_K, T_V, T_OUT, T_DOUT, T_LSE, T_MASK, T_BIAS, T_KV_LENS,
     T_DQ, T_DK, T_DV, T_DBIAS, T_COUNT
 };
-
-static attn_status default_strides(attn_ctx *ctx, attn_tensor *t)
-{
-    if (!t->data || t->strides.batch || t->strides.head || t->strides.seq)
-        return ATTN_OK;
-    if (!attn_strides_contiguous(t->shape[1], t->shape[2], t->shape[3], &t->strides))
-        return attn_fail(ctx, ATTN_ERR_OVERFLOW,
-                         "args->%s: %lld x %lld x %lld x %lld elements overflow the index range",
-                         t->name, (long long)t->shape[0], (long long)t->shape[1],
-                         (long long)t->shape[2], (long long)t->shape[3]);
-    return ATTN_OK;
-}
 
 attn_status attn_backward_check(attn_ctx *ctx, const attn_backward_args *caller,
                                 attn_backward_call *c)
@@ -87,45 +75,24 @@ attn_status attn_backward_check(attn_ctx *ctx, const attn_backward_args *caller,
     if (!(d->ops & ATTN_OP_BACKWARD))
         return attn_fail(ctx, ATTN_ERR_BAD_OPTION,
                          "the context was created without ATTN_OP_BACKWARD in desc->ops");
-    if ((st = default_strides(ctx, &t[T_LSE])) != ATTN_OK ||
-        (st = default_strides(ctx, &t[T_DBIAS])) != ATTN_OK ||
+    if ((st = attn_tensor_default_strides(ctx, "args", &t[T_LSE])) != ATTN_OK ||
+        (st = attn_tensor_default_strides(ctx, "args", &t[T_DBIAS])) != ATTN_OK ||
         (st = attn_tensors_check_layout(ctx, "args", t, T_COUNT)) != ATTN_OK)
         return st;
-    if (a.q_offset != ATTN_Q_OFFSET_DEFAULT &&
-        (a.q_offset < -ATTN_MAX_DISTANCE || a.q_offset > ATTN_MAX_DISTANCE))
-        return attn_fail(ctx, ATTN_ERR_OFFSET, "args->q_offset = %lld is outside [%lld, %lld]",
-                         (long long)a.q_offset, (long long)-ATTN_MAX_DISTANCE,
-                         (long long)ATTN_MAX_DISTANCE);
-    if (a.kv_lens)
-        for (int64_t b = 0; b < B; b++)
-            if (a.kv_lens[b] < 0 || a.kv_lens[b] > Lk)
-                return attn_fail(ctx, ATTN_ERR_KV_LENS,
-                                 "args->kv_lens[%lld] = %d is outside [0, kv_len = %lld]",
-                                 (long long)b, (int)a.kv_lens[b], (long long)Lk);
+    if ((st = attn_check_q_offset(ctx, a.q_offset)) != ATTN_OK ||
+        (st = attn_check_kv_lens(ctx, a.kv_lens, B, Lk)) != ATTN_OK)
+        return st;
     if ((st = attn_tensors_check_alias(ctx, "args", t, T_COUNT)) != ATTN_OK)
         return st;
 
+    attn_instance inst = {B, Lq, Lk, a.q_offset, a.kv_lens, &t[T_Q], a.mask, a.mask_strides,
+                          a.bias, a.bias_strides, a.dropout_seed, a.dropout_offset};
     attn_problem *p = &c->p;
-    p->ctx = ctx;
-    p->batch = B, p->q_len = Lq, p->kv_len = Lk;
-    p->vis.causal = (d->flags & ATTN_CAUSAL) != 0;
-    p->vis.window_left = d->window_left;
-    p->vis.window_right = d->window_right;
-    p->vis.q_offset = a.q_offset == ATTN_Q_OFFSET_DEFAULT ? Lk - Lq : a.q_offset;
-    p->kv_lens = a.kv_lens;
+    attn_problem_fill(p, ctx, &inst, &c->dropout);
     p->q_at_end = 0;
-    p->q = a.q, p->q_strides = a.q_strides, p->ldq = t[T_Q].ld;
-    p->mask = a.mask, p->mask_strides = a.mask_strides;
-    p->bias = a.bias, p->bias_strides = a.bias_strides;
+    p->entropy = 0;
     attn_kv_source_strided(&c->kv, ctx, &t[T_K], &t[T_V]);
     p->kv = &c->kv;
-    p->score = &attn_score_dot;
-    p->entropy = 0;
-    p->dropout = NULL;
-    if (d->dropout > 0.0f) {
-        c->dropout = attn_dropout_make(d->dropout, a.dropout_seed, a.dropout_offset, d->q_heads);
-        p->dropout = &c->dropout;
-    }
     c->out = a.out, c->out_strides = a.out_strides;
     c->dout = a.dout, c->dout_strides = a.dout_strides, c->lddo = t[T_DOUT].ld;
     c->lse = a.lse, c->lse_strides = t[T_LSE].strides;

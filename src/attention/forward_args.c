@@ -7,9 +7,9 @@
 #include <stdint.h>
 
 #include "attention/forward.h"
+#include "attention/instance.h"
 #include "core/abi.h"
 #include "core/tensor.h"
-#include "engine/score_op.h"
 
 static const attn_args args_defaults = {
     .struct_size = sizeof(attn_args),
@@ -34,19 +34,6 @@ void(attn_args_init)(attn_args *args)
 }
 
 enum { T_Q, T_K, T_V, T_OUT, T_MASK, T_BIAS, T_KV_LENS, T_WEIGHTS, T_LSE, T_ENTROPY, T_COUNT };
-
-/* An optional output's strides: the caller's, or contiguous when all three are 0. */
-static attn_status output_strides(attn_ctx *ctx, attn_tensor *t)
-{
-    if (!t->data || t->strides.batch || t->strides.head || t->strides.seq)
-        return ATTN_OK;
-    if (!attn_strides_contiguous(t->shape[1], t->shape[2], t->shape[3], &t->strides))
-        return attn_fail(ctx, ATTN_ERR_OVERFLOW,
-                         "args->%s: %lld x %lld x %lld x %lld elements overflow the index range",
-                         t->name, (long long)t->shape[0], (long long)t->shape[1],
-                         (long long)t->shape[2], (long long)t->shape[3]);
-    return ATTN_OK;
-}
 
 attn_status attn_forward_load(attn_ctx *ctx, const attn_args *caller, attn_args *a)
 {
@@ -128,59 +115,32 @@ attn_status attn_forward_check_loaded(attn_ctx *ctx, const attn_args *args, attn
     /* strides and extents: the tensors of the problem first, then the optional outputs */
     if ((st = attn_tensors_check_layout(ctx, "args", t, T_WEIGHTS)) != ATTN_OK)
         return st;
-    if ((st = output_strides(ctx, &t[T_WEIGHTS])) != ATTN_OK ||
-        (st = output_strides(ctx, &t[T_LSE])) != ATTN_OK ||
-        (st = output_strides(ctx, &t[T_ENTROPY])) != ATTN_OK)
+    if ((st = attn_tensor_default_strides(ctx, "args", &t[T_WEIGHTS])) != ATTN_OK ||
+        (st = attn_tensor_default_strides(ctx, "args", &t[T_LSE])) != ATTN_OK ||
+        (st = attn_tensor_default_strides(ctx, "args", &t[T_ENTROPY])) != ATTN_OK)
         return st;
     if (a.weights_mode == ATTN_WEIGHTS_HEAD_MEAN)
         t[T_WEIGHTS].strides.head = 0; /* one head: its stride is never used */
     if ((st = attn_tensors_check_layout(ctx, "args", t + T_WEIGHTS, T_COUNT - T_WEIGHTS)) != ATTN_OK)
         return st;
-    /* offsets */
-    if (a.q_offset != ATTN_Q_OFFSET_DEFAULT &&
-        (a.q_offset < -ATTN_MAX_DISTANCE || a.q_offset > ATTN_MAX_DISTANCE))
-        return attn_fail(ctx, ATTN_ERR_OFFSET, "args->q_offset = %lld is outside [%lld, %lld]",
-                         (long long)a.q_offset, (long long)-ATTN_MAX_DISTANCE,
-                         (long long)ATTN_MAX_DISTANCE);
-    /* kv_lens */
-    if (a.kv_lens && !cached)
-        for (int64_t b = 0; b < B; b++)
-            if (a.kv_lens[b] < 0 || a.kv_lens[b] > Lk)
-                return attn_fail(ctx, ATTN_ERR_KV_LENS,
-                                 "args->kv_lens[%lld] = %d is outside [0, kv_len = %lld]",
-                                 (long long)b, (int)a.kv_lens[b], (long long)Lk);
+    /* offsets, kv_lens */
+    if ((st = attn_check_q_offset(ctx, a.q_offset)) != ATTN_OK ||
+        (!cached && (st = attn_check_kv_lens(ctx, a.kv_lens, B, Lk)) != ATTN_OK))
+        return st;
     /* aliasing: a write would change what is still read */
     if ((st = attn_tensors_check_alias(ctx, "args", t, T_COUNT)) != ATTN_OK)
         return st;
 
+    attn_instance inst = {B, Lq, Lk, a.q_offset, cached ? NULL : a.kv_lens, &t[T_Q], a.mask,
+                          a.mask_strides, a.bias, a.bias_strides, a.dropout_seed,
+                          a.dropout_offset};
     attn_problem *p = &c->p;
-    p->ctx = ctx;
-    p->batch = B;
-    p->q_len = Lq;
-    p->kv_len = Lk;
-    p->vis.causal = (d->flags & ATTN_CAUSAL) != 0;
-    p->vis.window_left = d->window_left;
-    p->vis.window_right = d->window_right;
-    p->vis.q_offset = a.q_offset == ATTN_Q_OFFSET_DEFAULT ? Lk - Lq : a.q_offset;
+    attn_problem_fill(p, ctx, &inst, &c->dropout);
     p->q_at_end = cached && a.q_offset == ATTN_Q_OFFSET_DEFAULT;
-    p->kv_lens = cached ? NULL : a.kv_lens;
-    p->q = a.q;
-    p->q_strides = a.q_strides;
-    p->ldq = t[T_Q].ld;
-    p->mask = a.mask;
-    p->mask_strides = a.mask_strides;
-    p->bias = a.bias;
-    p->bias_strides = a.bias_strides;
+    p->entropy = a.entropy != NULL;
     if (!cached) /* a cache's caller fills c->kv */
         attn_kv_source_strided(&c->kv, ctx, &t[T_K], &t[T_V]);
     p->kv = &c->kv;
-    p->score = &attn_score_dot;
-    p->entropy = a.entropy != NULL;
-    p->dropout = NULL;
-    if (d->dropout > 0.0f) {
-        c->dropout = attn_dropout_make(d->dropout, a.dropout_seed, a.dropout_offset, d->q_heads);
-        p->dropout = &c->dropout;
-    }
     c->weights_mode = a.weights_mode;
     c->out = a.out;
     c->out_strides = a.out_strides;

@@ -72,6 +72,10 @@ attn_status attn_tensors_check_layout(attn_ctx *ctx, const char *owner, attn_ten
 attn_status attn_tensors_check_alias(attn_ctx *ctx, const char *owner, const attn_tensor *t,
                                      size_t n);
 
+/* An optional output whose strides are all 0 gets the contiguous ones of its shape (absent
+ * tensors and explicit strides are left alone); ATTN_ERR_OVERFLOW if they do not fit. */
+attn_status attn_tensor_default_strides(attn_ctx *ctx, const char *owner, attn_tensor *t);
+
 /* Contiguous strides of [batch, heads, seq, width] into *s; false if they overflow int64. */
 bool attn_strides_contiguous(int64_t heads, int64_t seq, int64_t width, attn_strides *s);
 

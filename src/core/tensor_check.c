@@ -151,3 +151,15 @@ bool attn_strides_contiguous(int64_t heads, int64_t seq, int64_t width, attn_str
     s->seq = width;
     return true;
 }
+
+attn_status attn_tensor_default_strides(attn_ctx *ctx, const char *owner, attn_tensor *t)
+{
+    if (!t->data || t->strides.batch || t->strides.head || t->strides.seq)
+        return ATTN_OK;
+    if (!attn_strides_contiguous(t->shape[1], t->shape[2], t->shape[3], &t->strides))
+        return attn_fail(ctx, ATTN_ERR_OVERFLOW,
+                         "%s->%s: %lld x %lld x %lld x %lld elements overflow the index range",
+                         owner, t->name, (long long)t->shape[0], (long long)t->shape[1],
+                         (long long)t->shape[2], (long long)t->shape[3]);
+    return ATTN_OK;
+}
