@@ -58,6 +58,8 @@ static const bench_case cases[] = {
     {"decode-4k-f16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0},
     {"decode-4k-bf16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_BF16, 0, 0},
     {"decode-gqa-8k-f16", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0},
+    /* 8 sequences decoding at once, 4k keys each: 32k tokens of f16 K/V, plain tensors */
+    {"decode-batch-32k-f16", 8, 32, 8, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0},
     {"long-8k", 1, 1, 1, 8192, 8192, 64, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0},
     {"long-64k", 1, 1, 1, 65536, 65536, 64, 1, 0, 1, 0, 0.0f, ATTN_KV_F32, 0, 0},
     {"enc-1k-drop", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.1f, ATTN_KV_F32, 0, 0},
