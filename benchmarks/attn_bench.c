@@ -61,6 +61,7 @@ static const bench_case cases[] = {
     {"decode-4k-f16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 0},
     {"decode-4k-bf16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_BF16, 0, 0, 0},
     {"decode-gqa-8k-f16", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 0},
+    {"decode-batch-32k-f16", 8, 32, 8, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 0},
     {"long-8k", 1, 1, 1, 8192, 8192, 64, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0},
     {"long-64k", 1, 1, 1, 65536, 65536, 64, 1, 0, 1, 0, 0.0f, ATTN_KV_F32, 0, 0, 0},
     {"enc-1k-drop", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.1f, ATTN_KV_F32, 0, 0, 0},
@@ -717,7 +718,7 @@ int main(int argc, char **argv)
             want_scaling = 1;
         else if (!strcmp(argv[i], "--list")) {
             for (int c = 0; c < NCASES; c++)
-                printf("%-14s B=%u Hq=%u Hkv=%u Lq=%u Lk=%u D=%u%s%s%s%s%s%s%s\n", cases[c].name,
+                printf("%-20s B=%u Hq=%u Hkv=%u Lq=%u Lk=%u D=%u%s%s%s%s%s%s%s\n", cases[c].name,
                        cases[c].B, cases[c].Hq, cases[c].Hkv, cases[c].Lq, cases[c].Lk, cases[c].D,
                        cases[c].mha ? " MHA layer" : "", cases[c].cache ? " K/V cache" : "",
                        cases[c].causal ? " causal" : "", cases[c].backward ? " backward" : "",
@@ -764,7 +765,7 @@ int main(int argc, char **argv)
                         printf("{\"case\": \"%s\", \"threads\": %d, \"speedup_over_1\": %.3f}\n",
                                cases[c].name, nthreads, x);
                     else
-                        printf("%-14s %d threads / 1 thread: %.2fx (median of %d alternated pairs)\n",
+                        printf("%-20s %d threads / 1 thread: %.2fx (median of %d alternated pairs)\n",
                                cases[c].name, nthreads, x, reps);
                 }
         return 0;
@@ -789,7 +790,7 @@ int main(int argc, char **argv)
         printf("sgemm ceiling %.1f GFLOP/s, read bandwidth %.1f GB/s (medians of 5; each case\n"
                "also samples them between its runs and reports ratios to those samples)\n\n",
                median(c0, 5), median(b0, 5));
-        printf("%-14s %9s %9s %9s %7s %9s %9s %7s %9s %9s %9s\n", "case", "median ms", "GFLOP/s",
+        printf("%-20s %9s %9s %9s %7s %9s %9s %7s %9s %9s %9s\n", "case", "median ms", "GFLOP/s",
                "ceiling", "ratio", "K+V GB/s", "read GB/s", "ratio", "peak MiB", "data MiB",
                "tokens/s");
     }
@@ -811,14 +812,14 @@ int main(int argc, char **argv)
                    r.bandwidth, r.bw_ratio, r.rss_mib, r.data_mib, r.workspace / 1024.0, r.tokens,
                    blas.core[0] ? blas.core : blas.name, attn_kernel_isa());
         } else if (cases[c].merge) {
-            printf("%-14s %9.3f %9s %9s %7s %9.1f %9.1f %6.0f%% %9.1f %9.1f\n", cases[c].name, r.ms,
+            printf("%-20s %9.3f %9s %9s %7s %9.1f %9.1f %6.0f%% %9.1f %9.1f\n", cases[c].name, r.ms,
                    "", "", "", r.gbps, r.bandwidth, 100.0 * r.bw_ratio, r.rss_mib, r.data_mib);
         } else if (cases[c].decode) {
-            printf("%-14s %9.3f %9.1f %9.1f %6.0f%% %9.1f %9.1f %6.0f%% %9.1f %9.1f %9.0f\n",
+            printf("%-20s %9.3f %9.1f %9.1f %6.0f%% %9.1f %9.1f %6.0f%% %9.1f %9.1f %9.0f\n",
                    cases[c].name, r.ms, r.gflops, r.ceiling, 100.0 * r.ratio, r.gbps, r.bandwidth,
                    100.0 * r.bw_ratio, r.rss_mib, r.data_mib, r.tokens);
         } else {
-            printf("%-14s %9.3f %9.1f %9.1f %6.0f%% %9s %9s %7s %9.1f %9.1f %9.0f\n", cases[c].name,
+            printf("%-20s %9.3f %9.1f %9.1f %6.0f%% %9s %9s %7s %9.1f %9.1f %9.0f\n", cases[c].name,
                    r.ms, r.gflops, r.ceiling, 100.0 * r.ratio, "", "", "", r.rss_mib, r.data_mib,
                    r.tokens);
         }
