@@ -170,6 +170,11 @@ static int acquire(PyObject *obj, const char *name, int ndim, enum elem_kind kin
                      b->itemsize);
         goto fail;
     }
+    if (b->len == 0) { /* no element is ever read or written: any strides will do */
+        for (int i = 0; i < ndim; i++)
+            t->shape[i] = b->shape[i];
+        return 0;
+    }
     int64_t expect = 1;
     for (int i = ndim - 1; i >= 0; i--) {
         t->shape[i] = b->shape[i];
