@@ -5,8 +5,10 @@
 
 `scaled_dot_product_attention` follows torch.nn.functional.scaled_dot_product_attention where
 the two overlap and adds every libattn option; `Context` keeps one libattn context for repeated
-calls. Arrays are [B, H, L, D] (layout="bhsd") or [B, L, H, D] (layout="bshd"); float32 arrays
-whose last axis is contiguous are used in place whatever their other strides. See docs/python.md.
+calls; `KVCache` keeps the keys and values of sequences between decoding steps, for
+`Context.forward_cache`. Arrays are [B, H, L, D] (layout="bhsd") or [B, L, H, D]
+(layout="bshd"); float32 arrays whose last axis is contiguous are used in place whatever their
+other strides. See docs/python.md.
 """
 
 import collections
