@@ -713,9 +713,9 @@ class KVCache:
             want = (self.kv_heads, logical.shape[1], dim)
             if logical.shape != want:
                 shown = (want[1], want[0], dim) if layout == "bshd" else want
+                order = "[n, kv_heads, dim]" if layout == "bshd" else "[kv_heads, n, dim]"
                 raise ValueError(f"{name}: shape {np.shape(x)}, expected {shown} for this cache "
-                                 f"({'[n, kv_heads, dim]' if layout == 'bshd' else '[kv_heads, n, dim]'}"
-                                 f"; kv_heads={self.kv_heads}, dim={dim})")
+                                 f"({order}; kv_heads={self.kv_heads}, dim={dim})")
             views.append(logical)
         if views[0].shape[1] != views[1].shape[1]:
             raise ValueError(f"k and v: {views[0].shape[1]} and {views[1].shape[1]} tokens")

@@ -117,8 +117,8 @@ class CacheCase(Case):
             bias = mask if bias is None else np.add(mask, bias, dtype=np.float64)
             mask = None
         ref = model.reference(q, list(np.atleast_1d(seq_ids)), Lk=kw.get("kv_len"),
-                              q_offset=kw.get("q_offset"), mask=mask, bias=bias, scale=None if ctx.scale is None else ctx.scale,
-                              causal=ctx.causal, window=ctx.window,
+                              q_offset=kw.get("q_offset"), mask=mask, bias=bias,
+                              scale=ctx.scale, causal=ctx.causal, window=ctx.window,
                               masked_rows=ctx.masked_rows, **ref_options)
         self.check(res, ref, layout=layout, weights=kw.get("weights", "none"),
                    lse=kw.get("return_lse", False), entropy=kw.get("return_entropy", False))
