@@ -1,7 +1,8 @@
 /*
  * attn._attn: the C core of the Python module. It maps Python buffers (PEP 3118, e.g. numpy
  * arrays) onto libattn's strided views without copying and runs attn_forward,
- * attn_backward, attn_dropout_mask and attn_merge with the GIL released. It takes every tensor
+ * attn_backward, attn_dropout_mask, attn_merge and the K/V cache's calls (attn_kv_cache.h) with
+ * the GIL released. It takes every tensor
  * already in libattn's logical order [batch, head, seq, feature]
  * (a [B, S, H, D] array is passed as its transposed view, which only permutes strides); the
  * Python layer in attn/__init__.py does the dtype conversions, broadcasting and layouts, and
@@ -16,18 +17,25 @@
 #include <string.h>
 
 #include <attn/attn.h>
+#include <attn/attn_kv_cache.h>
 #include <attn/attn_mha.h>
 
 /* ---- errors -------------------------------------------------------------------------------- */
 
+/* attn._attn.CapacityError, a MemoryError: a K/V cache has no room (ATTN_ERR_CAPACITY). */
+static PyObject *CapacityError;
+
 /* Raises the exception for a libattn status: ValueError for the argument statuses, MemoryError
- * for ATTN_ERR_NO_MEMORY, RuntimeError otherwise. The message is attn_last_error's text followed
+ * for ATTN_ERR_NO_MEMORY, CapacityError (a MemoryError) for ATTN_ERR_CAPACITY, RuntimeError
+ * otherwise. The message is attn_last_error's text followed
  * by the status name; the exception's `status` attribute holds the numeric status. */
 static PyObject *raise_status(attn_status st, const char *message)
 {
     PyObject *type = PyExc_RuntimeError;
     if (st == ATTN_ERR_NO_MEMORY)
         type = PyExc_MemoryError;
+    else if (st == ATTN_ERR_CAPACITY && CapacityError)
+        type = CapacityError;
     else if (st >= ATTN_ERR_NULL_POINTER && st <= ATTN_ERR_WORKSPACE_ALIGN)
         type = PyExc_ValueError;
     /* "ATTN_ERR_HEADS: kv_heads does not divide q_heads" -> "ATTN_ERR_HEADS" */
@@ -56,7 +64,7 @@ static PyObject *raise_status(attn_status st, const char *message)
 
 /* ---- buffers ------------------------------------------------------------------------------- */
 
-enum elem_kind { ELEM_F32, ELEM_BOOL, ELEM_I32, ELEM_F16, ELEM_BF16 };
+enum elem_kind { ELEM_F32, ELEM_BOOL, ELEM_I32, ELEM_F16, ELEM_BF16, ELEM_U32 };
 
 /* One acquired buffer. `held` tells whether `view` must be released. */
 typedef struct tensor {
@@ -95,6 +103,9 @@ static int format_is(const char *fmt, enum elem_kind kind, Py_ssize_t itemsize)
     case ELEM_I32:
         return itemsize == 4 &&
                (strcmp(fmt, "i") == 0 || (sizeof(long) == 4 && strcmp(fmt, "l") == 0));
+    case ELEM_U32:
+        return itemsize == 4 &&
+               (strcmp(fmt, "I") == 0 || (sizeof(long) == 4 && strcmp(fmt, "L") == 0));
     case ELEM_F16: /* binary16, or its bits as uint16 */
         return itemsize == 2 && (strcmp(fmt, "e") == 0 || strcmp(fmt, "H") == 0);
     case ELEM_BF16: /* no buffer format names bfloat16: its bits as uint16 */
@@ -116,6 +127,8 @@ static const char *kind_name(enum elem_kind kind)
         return "float16";
     case ELEM_BF16:
         return "uint16 (bfloat16 bits)";
+    case ELEM_U32:
+        return "uint32";
     }
     return "?";
 }
@@ -156,6 +169,11 @@ static int acquire(PyObject *obj, const char *name, int ndim, enum elem_kind kin
         PyErr_Format(PyExc_ValueError, "%s: data is not aligned to its %zd-byte elements", name,
                      b->itemsize);
         goto fail;
+    }
+    if (b->len == 0) { /* no element is ever read or written: any strides will do */
+        for (int i = 0; i < ndim; i++)
+            t->shape[i] = b->shape[i];
+        return 0;
     }
     int64_t expect = 1;
     for (int i = ndim - 1; i >= 0; i--) {
@@ -362,6 +380,317 @@ static void take_lock(PyThread_type_lock lock)
         Py_END_ALLOW_THREADS
     }
 }
+
+/* ---- K/V cache ----------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    attn_kv_cache *cache;
+    attn_kv_cache_desc desc; /* as created: block_tokens and max_len resolved */
+    PyThread_type_lock lock; /* held during every call on the cache (changes and reads alike) */
+} KVCacheObject;
+
+static PyTypeObject KVCacheType;
+
+static void kvcache_dealloc(KVCacheObject *self)
+{
+    attn_kv_cache_destroy(self->cache); /* no call can be running: a call holds a reference */
+    if (self->lock)
+        PyThread_free_lock(self->lock);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* KVCache(kv_heads, qk_dim, v_dim, dtype, max_seqs, capacity, block_tokens, max_len):
+ * attn_kv_cache_desc's fields with libattn's encodings (dtype an attn_kv_dtype, block_tokens
+ * 0 = 256, max_len 0 = capacity). */
+static int kvcache_init(KVCacheObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"kv_heads", "qk_dim", "v_dim", "dtype", "max_seqs", "capacity",
+                            "block_tokens", "max_len", NULL};
+    PyObject *okvh, *odk, *odv, *odt, *oseqs, *ocap, *oblock, *omax;
+    if (self->cache) {
+        PyErr_SetString(PyExc_RuntimeError, "KVCache is already initialised");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOO:KVCache", names, &okvh, &odk, &odv,
+                                     &odt, &oseqs, &ocap, &oblock, &omax))
+        return -1;
+    attn_kv_cache_desc d;
+    attn_kv_cache_desc_init(&d);
+    if (parse_u32(okvh, "kv_heads", &d.kv_heads) || parse_u32(odk, "qk_dim", &d.qk_dim) ||
+        parse_u32(odv, "v_dim", &d.v_dim) || parse_u32(odt, "dtype", &d.dtype) ||
+        parse_u32(oseqs, "max_seqs", &d.max_seqs) || parse_u64(ocap, "capacity", &d.capacity) ||
+        parse_u32(oblock, "block_tokens", &d.block_tokens) ||
+        parse_u64(omax, "max_len", &d.max_len))
+        return -1;
+    if (!self->lock && !(self->lock = PyThread_allocate_lock())) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    attn_kv_cache *cache = NULL;
+    attn_status st;
+    const char *msg;
+    Py_BEGIN_ALLOW_THREADS
+    st = attn_kv_cache_create(&d, &cache);
+    msg = st == ATTN_OK ? "" : attn_last_error(NULL); /* thread-local: read on the same thread */
+    Py_END_ALLOW_THREADS
+    if (st != ATTN_OK) {
+        raise_status(st, msg);
+        return -1;
+    }
+    if (!d.block_tokens)
+        d.block_tokens = 256; /* the header's documented default */
+    if (!d.max_len)
+        d.max_len = d.capacity;
+    self->cache = cache;
+    self->desc = d;
+    return 0;
+}
+
+/* Takes the cache's lock; raises ValueError (lock released) if the cache is closed. */
+static int kvcache_enter(KVCacheObject *self)
+{
+    take_lock(self->lock);
+    if (!self->cache) {
+        PyThread_release_lock(self->lock);
+        PyErr_SetString(PyExc_ValueError, "the KVCache is closed");
+        return -1;
+    }
+    return 0;
+}
+
+/* Ends a call that changes the cache: releases the lock, raising for a failed status with the
+ * cache's message (read before the lock is released). Returns None or NULL. */
+static PyObject *kvcache_leave(KVCacheObject *self, attn_status st)
+{
+    if (st != ATTN_OK)
+        raise_status(st, attn_kv_cache_last_error(self->cache));
+    PyThread_release_lock(self->lock);
+    if (st != ATTN_OK)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* append(seq, k, v): k [kv_heads, n, qk_dim], v [kv_heads, n, v_dim] float32 with
+ * non-negative element strides and a contiguous last axis (any head and token strides). */
+static PyObject *kvcache_append(KVCacheObject *self, PyObject *args)
+{
+    PyObject *oseq, *ok, *ov;
+    uint32_t seq;
+    if (!PyArg_ParseTuple(args, "OOO:append", &oseq, &ok, &ov) || parse_u32(oseq, "seq", &seq))
+        return NULL;
+    tensor k, v;
+    v.held = 0;
+    if (acquire(ok, "k", 3, ELEM_F32, 0, 0, &k))
+        return NULL;
+    PyObject *result = NULL;
+    if (acquire(ov, "v", 3, ELEM_F32, 0, 0, &v))
+        goto done;
+    int64_t n = k.shape[1];
+    if (n > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "k: more than 2**32 - 1 tokens in one append");
+        goto done;
+    }
+    {
+        const int64_t wk[3] = {self->desc.kv_heads, n, self->desc.qk_dim};
+        const int64_t wv[3] = {self->desc.kv_heads, n, self->desc.v_dim};
+        if (check_shape(&k, "k", 3, wk, "(kv_heads, n, qk_dim)") ||
+            check_shape(&v, "v", 3, wv, "(kv_heads, n, v_dim)"))
+            goto done;
+    }
+    attn_strides ks = {0, k.strides[0], k.strides[1]}, vs = {0, v.strides[0], v.strides[1]};
+    if (kvcache_enter(self))
+        goto done;
+    attn_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = attn_kv_cache_append(self->cache, seq, (uint32_t)n, k.view.buf, ks, v.view.buf, vs);
+    Py_END_ALLOW_THREADS
+    result = kvcache_leave(self, st);
+done:
+    release(&k);
+    release(&v);
+    return result;
+}
+
+/* len(seq) -> the number of tokens in sequence seq. */
+static PyObject *kvcache_len(KVCacheObject *self, PyObject *args)
+{
+    PyObject *oseq;
+    uint32_t seq;
+    if (!PyArg_ParseTuple(args, "O:len", &oseq) || parse_u32(oseq, "seq", &seq))
+        return NULL;
+    if (kvcache_enter(self))
+        return NULL;
+    int64_t n = attn_kv_cache_len(self->cache, seq);
+    PyThread_release_lock(self->lock);
+    if (n < 0)
+        return PyErr_Format(PyExc_ValueError, "seq = %u is outside [0, max_seqs = %u)", seq,
+                            self->desc.max_seqs);
+    return PyLong_FromLongLong((long long)n);
+}
+
+/* free_blocks() -> blocks no sequence uses. */
+static PyObject *kvcache_free_blocks(KVCacheObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (kvcache_enter(self))
+        return NULL;
+    uint64_t n = attn_kv_cache_free_blocks(self->cache);
+    PyThread_release_lock(self->lock);
+    return PyLong_FromUnsignedLongLong((unsigned long long)n);
+}
+
+/* truncate(seq, len) */
+static PyObject *kvcache_truncate(KVCacheObject *self, PyObject *args)
+{
+    PyObject *oseq, *olen;
+    uint32_t seq;
+    uint64_t len;
+    if (!PyArg_ParseTuple(args, "OO:truncate", &oseq, &olen) || parse_u32(oseq, "seq", &seq) ||
+        parse_u64(olen, "len", &len))
+        return NULL;
+    if (kvcache_enter(self))
+        return NULL;
+    attn_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = attn_kv_cache_truncate(self->cache, seq, len);
+    Py_END_ALLOW_THREADS
+    return kvcache_leave(self, st);
+}
+
+/* fork(src, dst) */
+static PyObject *kvcache_fork(KVCacheObject *self, PyObject *args)
+{
+    PyObject *osrc, *odst;
+    uint32_t src, dst;
+    if (!PyArg_ParseTuple(args, "OO:fork", &osrc, &odst) || parse_u32(osrc, "src", &src) ||
+        parse_u32(odst, "dst", &dst))
+        return NULL;
+    if (kvcache_enter(self))
+        return NULL;
+    attn_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = attn_kv_cache_fork(self->cache, src, dst);
+    Py_END_ALLOW_THREADS
+    return kvcache_leave(self, st);
+}
+
+/* reorder(from): from a C-contiguous uint32 buffer of n ids. */
+static PyObject *kvcache_reorder(KVCacheObject *self, PyObject *args)
+{
+    PyObject *ofrom;
+    if (!PyArg_ParseTuple(args, "O:reorder", &ofrom))
+        return NULL;
+    tensor from;
+    if (acquire(ofrom, "from", 1, ELEM_U32, 0, 1, &from))
+        return NULL;
+    PyObject *result = NULL;
+    if (from.shape[0] > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "from: more than 2**32 - 1 ids");
+        goto done;
+    }
+    if (kvcache_enter(self))
+        goto done;
+    attn_status st;
+    uint32_t n = (uint32_t)from.shape[0];
+    static const uint32_t none[1] = {0};
+    const uint32_t *ids = n ? (const uint32_t *)from.view.buf : none;
+    Py_BEGIN_ALLOW_THREADS
+    st = attn_kv_cache_reorder(self->cache, ids, n);
+    Py_END_ALLOW_THREADS
+    result = kvcache_leave(self, st);
+done:
+    release(&from);
+    return result;
+}
+
+/* reset(): empties every sequence. */
+static PyObject *kvcache_reset(KVCacheObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (kvcache_enter(self))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    attn_kv_cache_reset(self->cache);
+    Py_END_ALLOW_THREADS
+    PyThread_release_lock(self->lock);
+    Py_RETURN_NONE;
+}
+
+/* close(): destroys the C cache now (waiting for a call in progress); later calls raise. */
+static PyObject *kvcache_close(KVCacheObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->cache) {
+        take_lock(self->lock);
+        attn_kv_cache *cache = self->cache;
+        self->cache = NULL;
+        PyThread_release_lock(self->lock);
+        attn_kv_cache_destroy(cache);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *kvcache_get_closed(KVCacheObject *self, void *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(self->cache == NULL);
+}
+
+/* The resolved descriptor: (kv_heads, qk_dim, v_dim, dtype, max_seqs, capacity, block_tokens,
+ * max_len). */
+static PyObject *kvcache_get_desc(KVCacheObject *self, void *unused)
+{
+    (void)unused;
+    const attn_kv_cache_desc *d = &self->desc;
+    return Py_BuildValue("(IIIIIKIK)", d->kv_heads, d->qk_dim, d->v_dim, d->dtype, d->max_seqs,
+                         (unsigned long long)d->capacity, d->block_tokens,
+                         (unsigned long long)d->max_len);
+}
+
+static PyObject *kvcache_get_size(KVCacheObject *self, void *unused)
+{
+    (void)unused;
+    return PyLong_FromSize_t(attn_kv_cache_size(&self->desc));
+}
+
+static PyMethodDef kvcache_methods[] = {
+    {"append", (PyCFunction)kvcache_append, METH_VARARGS,
+     "append(seq, k, v)\n\nattn_kv_cache_append of k [kv_heads, n, qk_dim] and v [kv_heads, "
+     "n, v_dim] (float32, any non-negative head and token strides)."},
+    {"len", (PyCFunction)kvcache_len, METH_VARARGS, "len(seq) -> tokens in sequence seq"},
+    {"free_blocks", (PyCFunction)kvcache_free_blocks, METH_NOARGS,
+     "free_blocks() -> blocks used by no sequence"},
+    {"truncate", (PyCFunction)kvcache_truncate, METH_VARARGS,
+     "truncate(seq, len)\n\nattn_kv_cache_truncate"},
+    {"fork", (PyCFunction)kvcache_fork, METH_VARARGS, "fork(src, dst)\n\nattn_kv_cache_fork"},
+    {"reorder", (PyCFunction)kvcache_reorder, METH_VARARGS,
+     "reorder(from)\n\nattn_kv_cache_reorder; from a C-contiguous uint32 buffer"},
+    {"reset", (PyCFunction)kvcache_reset, METH_NOARGS, "reset()\n\nattn_kv_cache_reset"},
+    {"close", (PyCFunction)kvcache_close, METH_NOARGS,
+     "close()\n\nReleases the C cache; later calls raise ValueError."},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef kvcache_getset[] = {
+    {"closed", (getter)kvcache_get_closed, NULL, "True after close()", NULL},
+    {"desc", (getter)kvcache_get_desc, NULL,
+     "(kv_heads, qk_dim, v_dim, dtype, max_seqs, capacity, block_tokens, max_len)", NULL},
+    {"nbytes", (getter)kvcache_get_size, NULL, "attn_kv_cache_size: bytes the cache holds", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject KVCacheType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "attn._attn.KVCache",
+    .tp_basicsize = sizeof(KVCacheObject),
+    .tp_dealloc = (destructor)kvcache_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "KVCache(kv_heads, qk_dim, v_dim, dtype, max_seqs, capacity, block_tokens, "
+              "max_len)\n\nAn attn_kv_cache: libattn's descriptor fields, with its encodings.",
+    .tp_methods = kvcache_methods,
+    .tp_getset = kvcache_getset,
+    .tp_init = (initproc)kvcache_init,
+    .tp_new = PyType_GenericNew,
+};
 
 /*
  * forward(q, k, v, out, q_offset, kv_lens, mask, bias, weights_mode, weights, lse, entropy)
@@ -669,6 +998,155 @@ done:
     return result;
 }
 
+/*
+ * forward_cache(q, cache, seq_ids, out, q_offset=None, kv_len=0, mask=None, bias=None,
+ *               weights_mode=0, weights=None, lse=None, entropy=None, dropout_seed=0,
+ *               dropout_offset=0)
+ * attn_forward_cache: q [B,Hq,Lq,Dk] and out [B,Hq,Lq,Dv] as for forward; cache a KVCache;
+ * seq_ids C-contiguous uint32 [B]; kv_len 0 = the longest chosen sequence. mask, bias and
+ * weights have kv_len (or that longest length) keys. Returns None.
+ */
+static PyObject *context_forward_cache(ContextObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"q", "cache", "seq_ids", "out", "q_offset", "kv_len", "mask", "bias",
+                            "weights_mode", "weights", "lse", "entropy", "dropout_seed",
+                            "dropout_offset", NULL};
+    PyObject *oq, *ocache, *oids, *oout, *ooff = Py_None, *okvlen = NULL, *omask = Py_None,
+             *obias = Py_None, *ow = Py_None, *olse = Py_None, *oent = Py_None,
+             *oseed = NULL, *odoff = NULL;
+    int weights_mode = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO!OO|OOOOiOOOOO:forward_cache", names, &oq,
+                                     &KVCacheType, &ocache, &oids, &oout, &ooff, &okvlen, &omask,
+                                     &obias, &weights_mode, &ow, &olse, &oent, &oseed, &odoff))
+        return NULL;
+    KVCacheObject *cache = (KVCacheObject *)ocache;
+    uint64_t seed = 0;
+    uint32_t dropout_offset = 0, kv_len = 0;
+    int64_t q_offset;
+    if ((oseed && parse_u64(oseed, "dropout_seed", &seed)) ||
+        (odoff && parse_u32(odoff, "dropout_offset", &dropout_offset)) ||
+        (okvlen && okvlen != Py_None && parse_u32(okvlen, "kv_len", &kv_len)) ||
+        parse_q_offset(ooff, &q_offset))
+        return NULL;
+    if (weights_mode < 0 || weights_mode > 2) {
+        PyErr_Format(PyExc_ValueError, "weights_mode = %d is not 0, 1 or 2", weights_mode);
+        return NULL;
+    }
+    if ((weights_mode == 0) != (ow == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, weights_mode ? "weights_mode asks for weights but "
+                                                         "weights is None"
+                                                       : "weights given with weights_mode 0");
+        return NULL;
+    }
+
+    const attn_desc *d = &self->desc;
+    tensor q, ids, out, mask, bias, w, lse, ent;
+    tensor *all[] = {&q, &ids, &out, &mask, &bias, &w, &lse, &ent};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        all[i]->held = 0;
+    PyObject *result = NULL;
+    if (acquire(oq, "q", 4, ELEM_F32, 0, 0, &q) ||
+        acquire(oids, "seq_ids", 1, ELEM_U32, 0, 1, &ids) ||
+        acquire(oout, "out", 4, ELEM_F32, 1, 0, &out))
+        goto done;
+    int64_t B = q.shape[0], Lq = q.shape[2];
+    if (B > UINT32_MAX || Lq > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "batch and q_len must each fit 32 bits");
+        goto done;
+    }
+    if (ids.shape[0] != B) {
+        PyErr_Format(PyExc_ValueError, "seq_ids: %lld entries for a batch of %lld",
+                     (long long)ids.shape[0], (long long)B);
+        goto done;
+    }
+    {
+        const int64_t wq[4] = {B, d->q_heads, Lq, d->qk_dim};
+        const int64_t wo[4] = {B, d->q_heads, Lq, d->v_dim};
+        if (check_shape(&q, "q", 4, wq, "(batch, q_heads, q_len, qk_dim)") ||
+            check_shape(&out, "out", 4, wo, "(batch, q_heads, q_len, v_dim)"))
+            goto done;
+        if (omask != Py_None && acquire(omask, "mask", 4, ELEM_BOOL, 0, 0, &mask))
+            goto done;
+        if (obias != Py_None && acquire(obias, "bias", 4, ELEM_F32, 0, 0, &bias))
+            goto done;
+        if (weights_mode && acquire(ow, "weights", weights_mode == 1 ? 4 : 3, ELEM_F32, 1, 1, &w))
+            goto done;
+        const int64_t wl[3] = {B, d->q_heads, Lq};
+        if (olse != Py_None && (acquire(olse, "lse", 3, ELEM_F32, 1, 1, &lse) ||
+                                check_shape(&lse, "lse", 3, wl, "(batch, q_heads, q_len)")))
+            goto done;
+        if (oent != Py_None && (acquire(oent, "entropy", 3, ELEM_F32, 1, 1, &ent) ||
+                                check_shape(&ent, "entropy", 3, wl, "(batch, q_heads, q_len)")))
+            goto done;
+    }
+
+    attn_args a;
+    attn_args_init(&a);
+    a.batch = (uint32_t)B;
+    a.q_len = (uint32_t)Lq;
+    a.kv_len = kv_len;
+    a.q = q.view.buf;
+    a.q_strides = strides_of(&q);
+    a.out = out.view.buf;
+    a.out_strides = strides_of(&out);
+    a.q_offset = q_offset;
+    a.mask = mask.held ? mask.view.buf : NULL;
+    a.mask_strides = strides_of(&mask);
+    a.bias = bias.held ? bias.view.buf : NULL;
+    a.bias_strides = strides_of(&bias);
+    a.weights_mode = (attn_weights_mode)weights_mode;
+    a.weights = w.held ? w.view.buf : NULL;
+    a.lse = lse.held ? lse.view.buf : NULL;
+    a.entropy = ent.held ? ent.view.buf : NULL;
+    a.dropout_seed = seed;
+    a.dropout_offset = dropout_offset;
+    const uint32_t *seq_ids = ids.view.buf;
+
+    /* The context's lock, then the cache's (calls that change a cache take only the latter):
+     * the key extent of mask, bias and weights is checked against the lengths the call sees. */
+    take_lock(self->lock);
+    if (!self->ctx) {
+        PyThread_release_lock(self->lock);
+        PyErr_SetString(PyExc_ValueError, "the Context is closed");
+        goto done;
+    }
+    if (kvcache_enter(cache)) {
+        PyThread_release_lock(self->lock);
+        goto done;
+    }
+    int64_t longest = 0;
+    for (int64_t b = 0; b < B; b++) {
+        int64_t n = attn_kv_cache_len(cache->cache, seq_ids[b]); /* -1: libattn names the id */
+        longest = n > longest ? n : longest;
+    }
+    int64_t extent = kv_len ? (int64_t)kv_len : longest;
+    const int64_t wm[4] = {B, d->q_heads, Lq, extent};
+    const int64_t wmean[3] = {B, Lq, extent};
+    attn_status st = ATTN_OK;
+    int bad = (mask.held && check_shape(&mask, "mask", 4, wm, "(batch, q_heads, q_len, kv_len)")) ||
+              (bias.held && check_shape(&bias, "bias", 4, wm, "(batch, q_heads, q_len, kv_len)")) ||
+              (weights_mode == 1 &&
+               check_shape(&w, "weights", 4, wm, "(batch, q_heads, q_len, kv_len)")) ||
+              (weights_mode == 2 && check_shape(&w, "weights", 3, wmean, "(batch, q_len, kv_len)"));
+    if (!bad) {
+        Py_BEGIN_ALLOW_THREADS
+        st = attn_forward_cache(self->ctx, &a, cache->cache, seq_ids);
+        Py_END_ALLOW_THREADS
+        if (st != ATTN_OK)
+            raise_status(st, attn_last_error(self->ctx));
+    }
+    PyThread_release_lock(cache->lock);
+    PyThread_release_lock(self->lock);
+    if (!bad && st == ATTN_OK) {
+        Py_INCREF(Py_None);
+        result = Py_None;
+    }
+done:
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        release(all[i]);
+    return result;
+}
+
 /* close(): destroys the C context now (waiting for a call in progress); later calls raise. */
 static PyObject *context_close(ContextObject *self, PyObject *unused)
 {
@@ -699,6 +1177,12 @@ static PyMethodDef context_methods[] = {
      "backward(q, k, v, out, dout, lse, dq, dk, dv, q_offset=None, kv_lens=None, mask=None, "
      "bias=None, dbias=None, dropout_seed=0, dropout_offset=0)\n\nOne attn_backward call; "
      "dq, dk, dv (and dbias) are written in place."},
+    {"forward_cache", (PyCFunction)(void (*)(void))context_forward_cache,
+     METH_VARARGS | METH_KEYWORDS,
+     "forward_cache(q, cache, seq_ids, out, q_offset=None, kv_len=0, mask=None, bias=None, "
+     "weights_mode=0, weights=None, lse=None, entropy=None, dropout_seed=0, "
+     "dropout_offset=0)\n\nOne attn_forward_cache call over the sequences seq_ids (uint32) of "
+     "a KVCache; outputs are written in place."},
     {"close", (PyCFunction)context_close, METH_NOARGS,
      "close()\n\nReleases the C context; later calls raise ValueError."},
     {NULL, NULL, 0, NULL}};
@@ -1287,14 +1771,21 @@ static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "attn._attn",
     .m_doc = "C core of the attn module: libattn's context, forward and backward calls, "
-             "dropout mask and merge on buffers.",
+             "K/V cache, dropout mask and merge on buffers.",
     .m_size = -1,
     .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__attn(void)
 {
-    if (PyType_Ready(&ContextType) < 0 || PyType_Ready(&MHAType) < 0)
+    if (PyType_Ready(&ContextType) < 0 || PyType_Ready(&MHAType) < 0 ||
+        PyType_Ready(&KVCacheType) < 0)
+        return NULL;
+    if (!CapacityError &&
+        !(CapacityError = PyErr_NewExceptionWithDoc(
+              "attn._attn.CapacityError",
+              "A K/V cache has no room for the tokens (ATTN_ERR_CAPACITY); nothing was appended.",
+              PyExc_MemoryError, NULL)))
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (!m)
@@ -1314,6 +1805,18 @@ PyMODINIT_FUNC PyInit__attn(void)
     Py_INCREF(&MHAType);
     if (PyModule_AddObject(m, "MHA", (PyObject *)&MHAType) < 0) {
         Py_DECREF(&MHAType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&KVCacheType);
+    if (PyModule_AddObject(m, "KVCache", (PyObject *)&KVCacheType) < 0) {
+        Py_DECREF(&KVCacheType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(CapacityError);
+    if (PyModule_AddObject(m, "CapacityError", CapacityError) < 0) {
+        Py_DECREF(CapacityError);
         Py_DECREF(m);
         return NULL;
     }

@@ -5,8 +5,10 @@
 
 `scaled_dot_product_attention` follows torch.nn.functional.scaled_dot_product_attention where
 the two overlap and adds every libattn option; `Context` keeps one libattn context for repeated
-calls. Arrays are [B, H, L, D] (layout="bhsd") or [B, L, H, D] (layout="bshd"); float32 arrays
-whose last axis is contiguous are used in place whatever their other strides. See docs/python.md.
+calls; `KVCache` keeps the keys and values of sequences between decoding steps, for
+`Context.forward_cache`. Arrays are [B, H, L, D] (layout="bhsd") or [B, L, H, D]
+(layout="bshd"); float32 arrays whose last axis is contiguous are used in place whatever their
+other strides. See docs/python.md.
 """
 
 import collections
@@ -17,7 +19,7 @@ import numpy as np
 from . import _attn
 
 __all__ = ["scaled_dot_product_attention", "Context", "Result", "dropout_mask", "merge",
-           "MultiheadAttention", "kernel_isa", "__version__"]
+           "MultiheadAttention", "KVCache", "CapacityError", "kernel_isa", "__version__"]
 
 __version__ = _attn.version
 """Version of the libattn library loaded ("MAJOR.MINOR.PATCH")."""
@@ -502,6 +504,257 @@ class Context:
         if dbias is None:
             return dq, dk, dv
         return dq, dk, dv, _sum_to(dbias if ndim == 4 else dbias[0], grad_of)
+
+
+    def forward_cache(self, q, cache, seq_ids, attn_mask=None, *, layout="bhsd", kv_len=None,
+                      q_offset=None, bias=None, weights="none", return_lse=False,
+                      return_entropy=False, dropout_seed=0, dropout_offset=0):
+        """Attention of q over the keys and values of sequences of a KVCache (libattn's
+        attn_forward_cache): batch entry b reads all cache.len(seq_ids[b]) tokens of sequence
+        seq_ids[b] (repeats allowed).
+
+        q [B, Hq, Lq, Dk] (layout="bhsd") or [B, Lq, Hq, Dk] ("bshd"), or 3-D without B for
+        one sequence (seq_ids then an int or a list of one). The context's kv_heads, qk_dim,
+        v_dim and kv_dtype must be the cache's. q_offset: None = per sequence len - Lq (the
+        queries are the sequence's last Lq tokens, appended before the call: decoding,
+        speculative verification, chunked prefill); an int applies to every sequence. kv_len:
+        the key extent of attn_mask, bias and the weights, at least the longest chosen
+        sequence; None (or 0) = that longest length. attn_mask, bias: broadcastable to
+        [B, Hq, Lq, kv_len] as in forward() (keys beyond a sequence's length are never
+        visible). Causal and window come from the context. Returns out, or a Result(out,
+        weights, lse, entropy) as forward() does; weights have kv_len keys.
+        """
+        if not isinstance(cache, KVCache):
+            raise ValueError(f"cache: expected an attn.KVCache, got {type(cache).__name__}")
+        weights_mode = _choice(weights, "weights", _WEIGHTS)
+        seed = _int_arg(dropout_seed, "dropout_seed", 0, 2**64 - 1)
+        doff = _int_arg(dropout_offset, "dropout_offset", 0, 2**32 - 1)
+        layout = _choice(layout, "layout", {name: name for name in _LAYOUTS})
+        ndim = np.ndim(q)
+        if ndim not in (3, 4):
+            raise ValueError(f"q must be 4-D [B, H, L, D] (or [B, L, H, D]) or 3-D without B; "
+                             f"got {ndim}-D")
+        seq_axis = ndim - 2 if layout == "bhsd" else ndim - 3
+        qa = _float_input(q, "q", seq_axis)
+        if ndim == 3:
+            qa = qa[np.newaxis]
+        if layout == "bshd":
+            qa = qa.transpose(0, 2, 1, 3)
+        B, Hq, Lq, Dk = qa.shape
+        if (Hq, Dk) != (self.q_heads, self.qk_dim):
+            raise ValueError(f"q has {Hq} heads of {Dk} features, this Context was made for "
+                             f"{self.q_heads} of {self.qk_dim}: {self!r}")
+        ids = _u32_ids(seq_ids, "seq_ids")
+        if ids.shape[0] != B:
+            raise ValueError(f"seq_ids: {ids.shape[0]} ids for a batch of {B}")
+        if (cache.kv_heads, cache.qk_dim, cache.v_dim, cache.dtype) != \
+                (self.kv_heads, self.qk_dim, self.v_dim, self.kv_dtype):
+            try:  # libattn refuses it: its message, with what to change
+                self._core.forward_cache(qa, cache._core, ids, np.empty((B, Hq, Lq, self.v_dim),
+                                                                        np.float32))
+            except ValueError as e:
+                err = ValueError(f"{self!r} cannot read {cache!r}: make the Context with "
+                                 f"kv_heads={cache.kv_heads}, qk_dim={cache.qk_dim}, "
+                                 f"v_dim={cache.v_dim}, kv_dtype={cache.dtype!r} ({e})")
+                err.status = getattr(e, "status", None)
+                raise err from None
+        if kv_len is None:
+            kv_len = 0
+        kv_len = _int_arg(kv_len, "kv_len", 0, 2**32 - 1)
+        longest = 0
+        for s in ids:
+            try:
+                longest = max(longest, cache.len(int(s)))
+            except ValueError:
+                pass  # an id >= max_seqs: libattn names it
+        Lk = kv_len or longest
+        pair_shape = (B, Hq, Lq, Lk) if ndim == 4 else (Hq, Lq, Lk)
+        mask_view, bias_view = _attn_mask(attn_mask, bias, pair_shape, ndim == 4)
+        offset = None
+        if q_offset is not None:
+            offset = _int_arg(q_offset, "q_offset", -2**63 + 1, 2**63 - 1)  # libattn checks it
+        out, out_view = self._new_output((B, Hq, Lq, self.v_dim), layout)
+        w = None
+        if weights_mode == 1:
+            w = np.empty((B, Hq, Lq, Lk), np.float32)
+        elif weights_mode == 2:
+            w = np.empty((B, Lq, Lk), np.float32)
+        lse = np.empty((B, Hq, Lq), np.float32) if return_lse else None
+        ent = np.empty((B, Hq, Lq), np.float32) if return_entropy else None
+
+        self._core.forward_cache(qa, cache._core, ids, out_view, offset, kv_len, mask_view,
+                                 bias_view, weights_mode, w, lse, ent, seed, doff)
+
+        if ndim == 3:
+            out = out[0]
+            w, lse, ent = (None if x is None else x[0] for x in (w, lse, ent))
+        if w is None and lse is None and ent is None:
+            return out
+        return Result(out, w, lse, ent)
+
+# ---- the K/V cache ------------------------------------------------------------------------
+
+CapacityError = _attn.CapacityError
+CapacityError.__module__ = "attn"
+CapacityError.__doc__ = """A KVCache has no free blocks for an append (libattn's ATTN_ERR_CAPACITY).
+
+A subclass of MemoryError; the cache is unchanged (nothing of the append was stored). `status`
+holds the numeric status (20)."""
+
+_KV_DTYPE_NAMES = {code: name for name, code in _KV_DTYPES.items()}
+_KV_LAYOUTS = ("bshd", "bhsd")
+
+
+def _u32_ids(ids, name, lo_count=0):
+    """A list of sequence ids as a C-contiguous uint32 array (each checked to fit 32 bits;
+    libattn checks them against max_seqs)."""
+    a = np.asarray(ids)
+    if a.ndim == 0:
+        a = a.reshape(1)
+    if a.ndim != 1:
+        raise ValueError(f"{name}: shape {a.shape}, expected a list of sequence ids")
+    if a.size and a.dtype.kind not in "iu":
+        raise ValueError(f"{name}: expected integers, got dtype {a.dtype}")
+    if a.size < lo_count:
+        raise ValueError(f"{name}: at least {lo_count} id(s) needed")
+    bad = (a < 0) | (a > 2**32 - 1) if a.size else np.zeros(0, bool)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{name}[{i}] = {int(a[i])} is outside [0, 2**32 - 1]")
+    return np.ascontiguousarray(a, dtype=np.uint32)
+
+
+class KVCache:
+    """libattn's paged key/value cache: the keys and values of up to max_seqs sequences, kept
+    between calls in float32, float16 or bfloat16, for Context.forward_cache.
+
+    KVCache(kv_heads, qk_dim=64, v_dim=None, *, dtype="f32", max_seqs=1, capacity=4096,
+            block_tokens=None, max_len=None)
+
+    dtype: "f32", "f16" or "bf16" (appends take float32 and round to nearest even). capacity:
+    tokens of storage over all sequences, as ceil(capacity / block_tokens) blocks of
+    block_tokens tokens (None = 256), allocated once here; a sequence of n tokens holds
+    ceil(n / block_tokens) blocks, blocks shared by forks counted once. max_len: the longest
+    one sequence may grow (None = capacity). Sequence ids are 0 .. max_seqs - 1.
+
+    append() raises CapacityError (a MemoryError) when the free blocks do not suffice, and
+    changes nothing then; every failing call changes nothing. Calls on one cache (and
+    Context.forward_cache calls reading it) take turns: one at a time, the GIL released while
+    they wait and run. close() or a `with` block releases the memory early.
+    """
+
+    def __init__(self, kv_heads, qk_dim=64, v_dim=None, *, dtype="f32", max_seqs=1,
+                 capacity=4096, block_tokens=None, max_len=None):
+        kv_heads = _int_arg(kv_heads, "kv_heads", 0, 2**32 - 1)
+        qk_dim = _int_arg(qk_dim, "qk_dim", 0, 2**32 - 1)
+        v_dim = qk_dim if v_dim is None else _int_arg(v_dim, "v_dim", 0, 2**32 - 1)
+        code = _choice(dtype, "dtype", _KV_DTYPES)
+        max_seqs = _int_arg(max_seqs, "max_seqs", 0, 2**32 - 1)
+        capacity = _int_arg(capacity, "capacity", 0, 2**64 - 1)
+        if block_tokens is not None:
+            block_tokens = _int_arg(block_tokens, "block_tokens", 1, 2**32 - 1)
+        if max_len is not None:
+            max_len = _int_arg(max_len, "max_len", 1, 2**64 - 1)
+        self._core = _attn.KVCache(kv_heads, qk_dim, v_dim, code, max_seqs, capacity,
+                                   block_tokens or 0, max_len or 0)
+        (self.kv_heads, self.qk_dim, self.v_dim, _, self.max_seqs, self.capacity,
+         self.block_tokens, self.max_len) = self._core.desc
+        self.dtype = dtype
+        self.nbytes = self._core.nbytes
+        """Bytes of memory the cache holds (attn_kv_cache_size)."""
+
+    def __repr__(self):
+        return (f"attn.KVCache(kv_heads={self.kv_heads}, qk_dim={self.qk_dim}, "
+                f"v_dim={self.v_dim}, dtype={self.dtype!r}, max_seqs={self.max_seqs}, "
+                f"capacity={self.capacity}, block_tokens={self.block_tokens}, "
+                f"max_len={self.max_len})")
+
+    def close(self):
+        """Releases the cache's memory (waits for a call in progress); later calls raise."""
+        self._core.close()
+
+    @property
+    def closed(self):
+        return self._core.closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _seq(self, seq, name="seq"):
+        return _int_arg(seq, name, 0, 2**32 - 1)  # libattn checks it against max_seqs
+
+    def append(self, seq, k, v, *, layout="bshd"):
+        """Appends n tokens' keys and values to sequence seq.
+
+        k [n, kv_heads, qk_dim] and v [n, kv_heads, v_dim] with layout="bshd" (token after
+        token, as a projection writes them), [kv_heads, n, dim] with layout="bhsd", or 2-D
+        [kv_heads, dim] for one token (either layout). Floating arrays; float32 arrays with a
+        contiguous last axis and non-negative strides are read in place (any head and token
+        strides), others converted in one float32 copy. The values are rounded to the cache's
+        dtype. n = 0 does nothing. Raises CapacityError if the free blocks do not suffice,
+        ValueError for a sequence id >= max_seqs or beyond max_len; nothing is appended then.
+        """
+        layout = _choice(layout, "layout", {name: name for name in _KV_LAYOUTS})
+        seq = self._seq(seq)
+        views = []
+        for name, x, dim in (("k", k, self.qk_dim), ("v", v, self.v_dim)):
+            a = np.asarray(x)
+            if a.ndim == 2:
+                a = a[np.newaxis] if layout == "bshd" else a[:, np.newaxis]
+            if a.ndim != 3:
+                raise ValueError(f"{name}: {np.ndim(x)}-D, expected [n, kv_heads, dim] "
+                                 "(layout 'bshd'), [kv_heads, n, dim] ('bhsd') or "
+                                 "[kv_heads, dim] (one token)")
+            a = _float_input(a, name)
+            logical = a.transpose(1, 0, 2) if layout == "bshd" else a  # [kv_heads, n, dim]
+            want = (self.kv_heads, logical.shape[1], dim)
+            if logical.shape != want:
+                shown = (want[1], want[0], dim) if layout == "bshd" else want
+                order = "[n, kv_heads, dim]" if layout == "bshd" else "[kv_heads, n, dim]"
+                raise ValueError(f"{name}: shape {np.shape(x)}, expected {shown} for this cache "
+                                 f"({order}; kv_heads={self.kv_heads}, dim={dim})")
+            views.append(logical)
+        if views[0].shape[1] != views[1].shape[1]:
+            raise ValueError(f"k and v: {views[0].shape[1]} and {views[1].shape[1]} tokens")
+        self._core.append(seq, views[0], views[1])
+
+    def len(self, seq):
+        """The number of tokens in sequence seq."""
+        return self._core.len(self._seq(seq))
+
+    def lengths(self):
+        """The lengths of every sequence, a list of max_seqs ints."""
+        return [self._core.len(i) for i in range(self.max_seqs)]
+
+    def free_blocks(self):
+        """Blocks used by no sequence: an append of n tokens to a sequence of length L needs
+        ceil((L + n) / block_tokens) - ceil(L / block_tokens) of them, plus one when its last
+        block is partial and shared with another sequence."""
+        return self._core.free_blocks()
+
+    def truncate(self, seq, length):
+        """Shortens sequence seq to its first `length` tokens (rollback of rejected speculative
+        tokens); blocks no longer used return to the pool. ValueError if length exceeds the
+        sequence's length."""
+        self._core.truncate(self._seq(seq), _int_arg(length, "length", 0, 2**64 - 1))
+
+    def fork(self, src, dst):
+        """Makes sequence dst a copy of sequence src (a shared prompt, a new beam) sharing its
+        blocks: no token is copied; the first append into a shared block copies that block."""
+        self._core.fork(self._seq(src, "src"), self._seq(dst, "dst"))
+
+    def reorder(self, order):
+        """Beam search's survivors: sequence i becomes what sequence order[i] was, for
+        i < len(order) (ids may repeat or be missing; a sequence nobody chose is released).
+        Sequences len(order) .. max_seqs - 1 are unchanged."""
+        self._core.reorder(_u32_ids(order, "order"))
+
+    def reset(self):
+        """Empties every sequence."""
+        self._core.reset()
 
 
 # ---- dropout mask and merge ---------------------------------------------------------------
