@@ -524,20 +524,20 @@ class TestErrors(unittest.TestCase):
 
     def test_forward_cache(self):
         c, ctx, q = self.cache, self.ctx, self.q
-        for other, what in ((attn.Context(4, 2, 8, 4), "kv_heads 2, qk_dim 8, v_dim 4, kv_dtype 0"),
+        for other, what in ((attn.Context(4, 2, 8, 4), "kv_heads 2, qk_dim 8, v_dim 4, kv_dtype ATTN_KV_F32"),
                             (attn.Context(4, 2, 8, 4, kv_dtype="bf16"),
-                             "kv_heads 2, qk_dim 8, v_dim 4, kv_dtype 2"),
+                             "kv_heads 2, qk_dim 8, v_dim 4, kv_dtype ATTN_KV_BF16"),
                             (attn.Context(4, 4, 8, 4, kv_dtype="f16"),
-                             "kv_heads 4, qk_dim 8, v_dim 4, kv_dtype 1")):
+                             "kv_heads 4, qk_dim 8, v_dim 4, kv_dtype ATTN_KV_F16")):
             with self.subTest(context=repr(other)):
                 self.raises(ValueError, r"cannot read attn.KVCache.*: make the Context with "
                             r"kv_heads=2, qk_dim=8, v_dim=4, kv_dtype='f16' \(the cache "
-                            r"\(kv_heads 2, qk_dim 8, v_dim 4, dtype 1\) does not match the "
+                            r"\(kv_heads 2, qk_dim 8, v_dim 4, dtype ATTN_KV_F16\) does not match the "
                             r"context \(" + what + r"\) \(ATTN_ERR_BAD_OPTION\)\)",
                             lambda: other.forward_cache(q, c, [0]), 10)
         # the C library's own refusal, straight through the core
-        self.raises(ValueError, r"^the cache \(.*dtype 1\) does not match the context \(.*"
-                    r"kv_dtype 0\) \(ATTN_ERR_BAD_OPTION\)$",
+        self.raises(ValueError, r"^the cache \(.*dtype ATTN_KV_F16\) does not match the context \(.*"
+                    r"kv_dtype ATTN_KV_F32\) \(ATTN_ERR_BAD_OPTION\)$",
                     lambda: attn.Context(4, 2, 8, 4)._core.forward_cache(
                         q, c._core, np.zeros(1, np.uint32), np.empty((1, 4, 1, 4), np.float32)),
                     10)

@@ -58,6 +58,12 @@ static void paged_source_init(paged_source *ps, const attn_ctx *ctx, const attn_
     ps->seq_ids = seq_ids;
 }
 
+static const char *dtype_name(uint32_t kv_dtype)
+{
+    return kv_dtype == ATTN_KV_F32 ? "ATTN_KV_F32" : kv_dtype == ATTN_KV_F16 ? "ATTN_KV_F16"
+                                                                            : "ATTN_KV_BF16";
+}
+
 /* The cache-specific checks; on success *kv_len is the key extent of the call. */
 static attn_status check_cache(attn_ctx *ctx, const attn_args *a, const attn_kv_cache *cache,
                                const uint32_t *seq_ids, int64_t *kv_len)
@@ -71,10 +77,10 @@ static attn_status check_cache(attn_ctx *ctx, const attn_args *a, const attn_kv_
     if (cd->kv_heads != d->kv_heads || cd->qk_dim != d->qk_dim || cd->v_dim != d->v_dim ||
         cd->dtype != d->kv_dtype)
         return attn_fail(ctx, ATTN_ERR_BAD_OPTION,
-                         "the cache (kv_heads %u, qk_dim %u, v_dim %u, dtype %u) does not match "
-                         "the context (kv_heads %u, qk_dim %u, v_dim %u, kv_dtype %u)",
-                         cd->kv_heads, cd->qk_dim, cd->v_dim, cd->dtype, d->kv_heads, d->qk_dim,
-                         d->v_dim, d->kv_dtype);
+                         "the cache (kv_heads %u, qk_dim %u, v_dim %u, dtype %s) does not match "
+                         "the context (kv_heads %u, qk_dim %u, v_dim %u, kv_dtype %s)",
+                         cd->kv_heads, cd->qk_dim, cd->v_dim, dtype_name(cd->dtype), d->kv_heads,
+                         d->qk_dim, d->v_dim, dtype_name(d->kv_dtype));
     uint64_t longest = 0;
     for (uint32_t b = 0; b < a->batch; b++) {
         if (seq_ids[b] >= cd->max_seqs)
