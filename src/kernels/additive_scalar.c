@@ -14,7 +14,7 @@ static inline float tanh_one(float x)
         p = p * x2 + TANH_P2;
         p = p * x2 + TANH_P1;
         p = p * x2 + TANH_P0;
-        return x + (x * x2) * p;
+        return copysignf(x + (x * x2) * p, x); /* keeps the sign of -0 */
     }
     float z = ax > TANH_CLAMP ? TANH_CLAMP : ax; /* NaN compares false and stays */
     float e = expf(z + z);

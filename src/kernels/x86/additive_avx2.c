@@ -41,9 +41,10 @@ static inline __m256 tanh8(__m256 x)
     __m256 big = _mm256_sub_ps(_mm256_set1_ps(1.0f),
                                _mm256_div_ps(_mm256_set1_ps(2.0f),
                                              _mm256_add_ps(e, _mm256_set1_ps(1.0f))));
-    big = _mm256_or_ps(big, _mm256_and_ps(x, sign));
     __m256 is_small = _mm256_cmp_ps(ax, _mm256_set1_ps(TANH_SMALL), _CMP_LT_OQ);
-    return _mm256_blendv_ps(big, small, is_small);
+    __m256 r = _mm256_andnot_ps(sign, _mm256_blendv_ps(big, small, is_small));
+    /* tanh is odd: |r| with the sign of x (which also keeps -0) */
+    return _mm256_or_ps(r, _mm256_and_ps(x, sign));
 }
 
 /* Lanes [0, k) set (all for k >= 8). */

@@ -39,12 +39,12 @@ static inline __m512 tanh16(__m512 x)
     __m512 big = _mm512_sub_ps(_mm512_set1_ps(1.0f),
                                _mm512_div_ps(_mm512_set1_ps(2.0f),
                                              _mm512_add_ps(e, _mm512_set1_ps(1.0f))));
-    /* copysign: big >= 0 (or NaN) */
-    big = _mm512_castsi512_ps(_mm512_or_si512(
-        _mm512_castps_si512(big),
-        _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u))));
     __mmask16 is_small = _mm512_cmp_ps_mask(ax, _mm512_set1_ps(TANH_SMALL), _CMP_LT_OQ);
-    return _mm512_mask_blend_ps(is_small, big, small);
+    __m512 r = _mm512_abs_ps(_mm512_mask_blend_ps(is_small, big, small));
+    /* tanh is odd: |r| with the sign of x (which also keeps -0) */
+    return _mm512_castsi512_ps(_mm512_or_si512(
+        _mm512_castps_si512(r),
+        _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u))));
 }
 
 static inline __mmask16 lanes(int64_t k)
