@@ -79,7 +79,8 @@ typedef struct attn_additive attn_additive;
 ATTN_EXPORT attn_status attn_additive_create(const attn_additive_desc *desc,
                                              attn_additive **out_add);
 
-/* Stops the layer's threads and frees it. NULL is ignored. Not concurrently with other use. */
+/* Stops the layer's threads and frees the object, its context and its tiles (the caller's
+ * buffers are the caller's). NULL is ignored. Not concurrently with any other call on it. */
 ATTN_EXPORT void attn_additive_destroy(attn_additive *add);
 
 /*
@@ -94,14 +95,15 @@ ATTN_EXPORT const char *attn_additive_last_error(const attn_additive *add);
  * of this shape needs: the projected queries and keys (or their gradients), about
  * 4 (B Lq A + B A Lk) bytes, plus per-row and per-block sums of the backward and alignment
  * padding. Linear in B·Lq and B·Lk. Returns 0 if add is NULL, a size is 0 or the size does not
- * fit size_t.
+ * fit size_t. Reads the layer only: callable from any thread, also during a call on it.
  */
 ATTN_EXPORT size_t attn_additive_activation_size(const attn_additive *add, uint32_t batch,
                                                  uint32_t q_len, uint32_t kv_len);
 
 /*
  * Bytes of the saved buffer a training forward call fills for attn_additive_backward: the
- * projected queries and keys, the output and its log-sum-exp per row. 0 as above.
+ * projected queries and keys, the output and its log-sum-exp per row. 0 as above; threading
+ * as attn_additive_activation_size().
  */
 ATTN_EXPORT size_t attn_additive_saved_size(const attn_additive *add, uint32_t batch,
                                             uint32_t q_len, uint32_t kv_len);
@@ -154,8 +156,9 @@ ATTN_EXPORT void attn_additive_args_init_size(attn_additive_args *args, size_t s
  * threads, the BLAS held single-threaded), then tasks of up to 256 query rows per batch entry,
  * each streaming its visible keys in tiles of 256 through the fused score kernel and the
  * online softmax, and P·V through cblas_sgemm.
- *   add:  one thread at a time.
- *   args: read during the call. out, weights, lse, entropy, activations and saved are written;
+ *   add:  one thread at a time (a second thread entering gets ATTN_ERR_BUSY); the calling
+ *         thread and the layer's desc.threads - 1 workers compute.
+ *   args: read during the call; nothing is kept after it returns. out, weights, lse, entropy, activations and saved are written;
  *         they may not overlap each other or any input (by address span).
  * Returns ATTN_OK, or: ATTN_ERR_NULL_POINTER (add, args, query, key, value, out, w_q, w_k, w,
  * activations, or bias with desc.bias), ATTN_ERR_STRUCT_SIZE, ATTN_ERR_ZERO_SIZE (batch,
