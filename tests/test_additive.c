@@ -637,6 +637,37 @@ static void test_alloc_failure(void **state)
     }
 }
 
+/* Pinned values, and the init functions write exactly the size they are given. */
+static void test_pinned_and_init(void **state)
+{
+    (void)state;
+    assert_int_equal(ATTN_ADDITIVE_GRAD_SET, 0);
+    assert_int_equal(ATTN_ADDITIVE_GRAD_ADD, 1);
+    unsigned char buf[sizeof(attn_additive_args) + 16];
+    memset(buf, 0xEE, sizeof buf);
+    attn_additive_args_init_size((attn_additive_args *)(void *)buf, 24);
+    for (size_t i = 24; i < sizeof buf; i++)
+        assert_int_equal(buf[i], 0xEE);
+    memset(buf, 0xEE, sizeof buf);
+    attn_additive_grads_init_size((attn_additive_grads *)(void *)buf, sizeof(attn_additive_grads));
+    for (size_t i = sizeof(attn_additive_grads); i < sizeof buf; i++)
+        assert_int_equal(buf[i], 0xEE);
+    attn_additive_desc d;
+    memset(&d, 0xEE, sizeof d);
+    attn_additive_desc_init(&d);
+    assert_int_equal(d.struct_size, sizeof d);
+    assert_int_equal(d.q_dim, 64);
+    assert_int_equal(d.attn_dim, 64);
+    assert_int_equal(d.bias, 1);
+    assert_int_equal(d.flags, 0);
+    assert_int_equal(d.masked_rows, ATTN_MASKED_ROWS_ZERO);
+    assert_null(d.allocator);
+    attn_additive_grads g;
+    attn_additive_grads_init(&g);
+    assert_int_equal(g.mode, ATTN_ADDITIVE_GRAD_SET);
+    assert_null(g.dout);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -650,6 +681,7 @@ int main(void)
         cmocka_unit_test(test_create_errors),
         cmocka_unit_test(test_hostile_sizes),
         cmocka_unit_test(test_alloc_failure),
+        cmocka_unit_test(test_pinned_and_init),
     };
     return cmocka_run_group_tests_name("additive", tests, NULL, NULL);
 }
