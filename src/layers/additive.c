@@ -602,6 +602,10 @@ static void block_item(void *arg, int64_t item, attn_scratch *w)
     int64_t nb = job->blocks, b = item / nb, qb = nb - 1 - item % nb;
     attn_task t;
     attn_task_block(&c->p, w, &t, b, 0, qb * job->block_rows);
+    /* the engine's block may be longer than ours: keep our rows (its key range, a union over
+     * more rows, can only be wider, and rows outside their own keys are skipped per row) */
+    if (t.rows > job->block_rows)
+        t.rows = job->block_rows;
     attn_online_range(&c->p, &t, 0, c->p.kv_len, w->state, w->acc);
     attn_forward_finish_rows(c, b, w, t.rows, w->state, w->acc);
     if (c->weights_mode != ATTN_WEIGHTS_NONE)
@@ -646,7 +650,12 @@ static void attention_forward(attn_engine_section *s, attn_additive *m, call *c)
     ac.f.entropy = a->entropy;
     ac.f.entropy_strides = (attn_strides){c->Lq, 0, 1};
     ac.kt = c->kt, ac.ldk = c->ldk, ac.A = m->A, ac.w = a->w;
+    /* Each row costs Lk·A tanh terms, so smaller blocks than the engine's cost little and give
+     * the threads work when B·Lq is small; the choice depends on the problem only, never on
+     * the thread count (results stay bitwise the same for any). */
     int64_t rows = attn_block_rows(ctx);
+    while (rows > 32 && c->B * attn_tiles(c->Lq, rows) < 16)
+        rows /= 2;
     block_job job = {&ac, rows, attn_tiles(c->Lq, rows)};
     attn_engine_run(s, block_item, &job, c->B * job.blocks);
 }
