@@ -32,6 +32,7 @@
 
 #include <attn/attn.h>
 #include <attn/attn_kv_cache.h>
+#include <attn/attn_additive.h>
 #include <attn/attn_mha.h>
 #include <cblas.h>
 
@@ -48,39 +49,47 @@ typedef struct bench_case {
                       backward) plus the attention (4 B L² E, 2.5 times that backward) */
     int cache;     /* K and V from an attn_kv_cache of kv_dtype (B sequences of Lk tokens, the
                       queries being each sequence's last Lq) through attn_forward_cache */
+    int additive;  /* attn_additive with Dq = Dk = Dv = A = D and a bias: 1 its forward, 2 its
+                      backward; GFLOP/s count the projections 2 B (Lq + Lk) D A, the scores
+                      2 B Lq Lk A (one multiply-add per tanh) and P·V 2 B Lq Lk D, 2.5 times
+                      that backward */
 } bench_case;
 
 static const bench_case cases[] = {
-    {"enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0},
-    {"causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0},
-    {"bert-512", 4, 12, 12, 512, 512, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0},
-    {"d128-2k", 1, 8, 8, 2048, 2048, 128, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0},
-    {"gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0},
-    {"decode-4k", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0},
-    {"decode-gqa-8k", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0},
-    {"decode-4k-f16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 0},
-    {"decode-4k-bf16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_BF16, 0, 0, 0},
-    {"decode-gqa-8k-f16", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 0},
-    {"decode-batch-32k-f16", 8, 32, 8, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 0},
-    {"long-8k", 1, 1, 1, 8192, 8192, 64, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0},
-    {"long-64k", 1, 1, 1, 65536, 65536, 64, 1, 0, 1, 0, 0.0f, ATTN_KV_F32, 0, 0, 0},
-    {"enc-1k-drop", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.1f, ATTN_KV_F32, 0, 0, 0},
-    {"bwd-enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 1, 0.0f, ATTN_KV_F32, 0, 0, 0},
-    {"bwd-causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 1, 0.0f, ATTN_KV_F32, 0, 0, 0},
-    {"bwd-gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 1, 0.0f, ATTN_KV_F32, 0, 0, 0},
+    {"enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0, 0},
+    {"causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0, 0},
+    {"bert-512", 4, 12, 12, 512, 512, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0, 0},
+    {"d128-2k", 1, 8, 8, 2048, 2048, 128, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0, 0},
+    {"gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0, 0},
+    {"decode-4k", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0, 0},
+    {"decode-gqa-8k", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0, 0},
+    {"decode-4k-f16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 0, 0},
+    {"decode-4k-bf16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_BF16, 0, 0, 0, 0},
+    {"decode-gqa-8k-f16", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 0, 0},
+    {"decode-batch-32k-f16", 8, 32, 8, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 0, 0},
+    {"long-8k", 1, 1, 1, 8192, 8192, 64, 1, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0, 0},
+    {"long-64k", 1, 1, 1, 65536, 65536, 64, 1, 0, 1, 0, 0.0f, ATTN_KV_F32, 0, 0, 0, 0},
+    {"enc-1k-drop", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 0, 0.1f, ATTN_KV_F32, 0, 0, 0, 0},
+    {"bwd-enc-1k", 1, 8, 8, 1024, 1024, 64, 0, 0, 0, 1, 0.0f, ATTN_KV_F32, 0, 0, 0, 0},
+    {"bwd-causal-1k", 1, 8, 8, 1024, 1024, 64, 1, 0, 0, 1, 0.0f, ATTN_KV_F32, 0, 0, 0, 0},
+    {"bwd-gqa-2k", 1, 32, 8, 2048, 2048, 128, 1, 0, 0, 1, 0.0f, ATTN_KV_F32, 0, 0, 0, 0},
     /* chunked prefill over a cache split 8 ways: 512 queries x 32 heads, 8 partials */
-    {"merge-8", 1, 32, 32, 512, 1, 128, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 8, 0, 0},
-    {"mha-bert", 4, 12, 12, 512, 512, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 1, 0},
-    {"bwd-mha-bert", 4, 12, 12, 512, 512, 64, 0, 0, 0, 1, 0.0f, ATTN_KV_F32, 0, 2, 0},
+    {"merge-8", 1, 32, 32, 512, 1, 128, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 8, 0, 0, 0},
+    {"mha-bert", 4, 12, 12, 512, 512, 64, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 1, 0, 0},
+    {"bwd-mha-bert", 4, 12, 12, 512, 512, 64, 0, 0, 0, 1, 0.0f, ATTN_KV_F32, 0, 2, 0, 0},
     /* the decode step from a K/V cache; the batch case: 8 sequences of 4k tokens, GQA 32/8 */
-    {"decode-4k-cache", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 1},
-    {"decode-4k-cache-f16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 1},
-    {"decode-4k-cache-bf16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_BF16, 0, 0, 1},
-    {"decode-gqa-8k-cache", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 1},
-    {"decode-gqa-8k-cache-f16", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 1},
-    {"decode-batch-32k", 8, 32, 8, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 1},
+    {"decode-4k-cache", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 1, 0},
+    {"decode-4k-cache-f16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 1, 0},
+    {"decode-4k-cache-bf16", 1, 32, 32, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_BF16, 0, 0, 1, 0},
+    {"decode-gqa-8k-cache", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 1, 0},
+    {"decode-gqa-8k-cache-f16", 1, 32, 8, 1, 8192, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 1, 0},
+    {"decode-batch-32k", 8, 32, 8, 1, 4096, 128, 0, 1, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 1, 0},
     /* chunked prefill: 512 new queries at the end of a 4k-token cached sequence, causal */
-    {"prefill-chunk", 1, 32, 8, 512, 4096, 128, 1, 0, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 1},
+    {"prefill-chunk", 1, 32, 8, 512, 4096, 128, 1, 0, 0, 0, 0.0f, ATTN_KV_F16, 0, 0, 1, 0},
+    {"additive", 8, 1, 1, 64, 512, 256, 0, 0, 0, 0, 0.0f, ATTN_KV_F32, 0, 0, 0, 1},
+    {"bwd-additive", 8, 1, 1, 64, 512, 256, 0, 0, 0, 1, 0.0f, ATTN_KV_F32, 0, 0, 0, 2},
+    /* memory: the broadcasting form would hold 4096 x 4096 x 256 floats (16 GiB) */
+    {"additive-4k", 1, 1, 1, 4096, 4096, 256, 0, 0, 1, 0, 0.0f, ATTN_KV_F32, 0, 0, 0, 1},
 };
 enum { NCASES = sizeof cases / sizeof cases[0] };
 
@@ -336,12 +345,17 @@ typedef struct case_data {
     attn_mha_grads mgrads;
     attn_kv_cache *cache;       /* cache cases: B sequences holding k and v */
     uint32_t *seq_ids;
+    /* additive cases: q, k, v, out, dout, dq, dk, dv above, and the parameters */
+    float *awq, *awk, *ab, *aw, *dawq, *dawk, *dab, *daw;
+    attn_additive_args aargs;
+    attn_additive_grads agrads;
 } case_data;
 
 /* What a case runs on: a context, or a layer object. */
 typedef struct bench_obj {
     attn_ctx *ctx;
     attn_mha *mha;
+    attn_additive *add;
 } bench_obj;
 
 static attn_mha_desc layer_desc(const bench_case *c, uint32_t threads)
@@ -426,11 +440,63 @@ static void cache_data_init(const bench_case *c, case_data *cd)
     cd->args.kv_len = 0;
 }
 
+static attn_additive_desc additive_desc(const bench_case *c, uint32_t threads)
+{
+    attn_additive_desc d;
+    attn_additive_desc_init(&d);
+    d.q_dim = d.k_dim = d.v_dim = d.attn_dim = c->D, d.threads = threads;
+    return d;
+}
+
+static void additive_data_init(const bench_case *c, case_data *cd)
+{
+    size_t D = c->D, nq = (size_t)c->B * c->Lq * D, nk = (size_t)c->B * c->Lk * D;
+    cd->nq = nq, cd->nkv = nk;
+    cd->q = random_buffer(nq, 11), cd->k = random_buffer(nk, 12), cd->v = random_buffer(nk, 13);
+    cd->out = random_buffer(nq, 14);
+    cd->awq = random_buffer(D * D, 31), cd->awk = random_buffer(D * D, 32);
+    cd->ab = random_buffer(D, 33), cd->aw = random_buffer(D, 34);
+    for (size_t i = 0; i < D * D; i++)
+        cd->awq[i] *= 0.1f, cd->awk[i] *= 0.1f;
+    attn_additive_desc d = additive_desc(c, 1);
+    attn_additive *m;
+    if (attn_additive_create(&d, &m) != ATTN_OK) {
+        fprintf(stderr, "attn-bench: %s: %s\n", c->name, attn_additive_last_error(NULL));
+        exit(1);
+    }
+    size_t na = attn_additive_activation_size(m, c->B, c->Lq, c->Lk);
+    size_t ns = attn_additive_saved_size(m, c->B, c->Lq, c->Lk);
+    attn_additive_destroy(m);
+    cd->act = random_buffer(na / 4 + 1, 25);
+    attn_additive_args *a = &cd->aargs;
+    attn_additive_args_init(a);
+    a->batch = c->B, a->q_len = c->Lq, a->kv_len = c->Lk;
+    a->query = cd->q, a->key = cd->k, a->value = cd->v, a->out = cd->out;
+    a->w_q = cd->awq, a->w_k = cd->awk, a->bias = cd->ab, a->w = cd->aw;
+    a->activations = cd->act, a->activation_size = na;
+    attn_additive_grads_init(&cd->agrads);
+    if (c->additive != 2)
+        return;
+    cd->saved = random_buffer(ns / 4 + 1, 26);
+    a->saved = cd->saved, a->saved_size = ns;
+    cd->dout = random_buffer(nq, 16), cd->dq = random_buffer(nq, 17);
+    cd->dk = random_buffer(nk, 18), cd->dv = random_buffer(nk, 19);
+    cd->dawq = random_buffer(D * D, 35), cd->dawk = random_buffer(D * D, 36);
+    cd->dab = random_buffer(D, 37), cd->daw = random_buffer(D, 38);
+    attn_additive_grads *g = &cd->agrads;
+    g->dout = cd->dout, g->d_query = cd->dq, g->d_key = cd->dk, g->d_value = cd->dv;
+    g->d_w_q = cd->dawq, g->d_w_k = cd->dawk, g->d_bias = cd->dab, g->d_w = cd->daw;
+}
+
 static void case_data_init(const bench_case *c, case_data *cd)
 {
     memset(cd, 0, sizeof *cd);
     if (c->mha) {
         layer_data_init(c, cd);
+        return;
+    }
+    if (c->additive) {
+        additive_data_init(c, cd);
         return;
     }
     cd->nq = (size_t)c->B * c->Hq * c->Lq * c->D;
@@ -503,6 +569,8 @@ static void case_data_free(case_data *cd)
     free(cd->w_in), free(cd->b_in), free(cd->w_out), free(cd->b_out), free(cd->dw_in);
     free(cd->db_in), free(cd->dw_out), free(cd->db_out), free(cd->act), free(cd->saved);
     attn_kv_cache_destroy(cd->cache), free(cd->seq_ids);
+    free(cd->awq), free(cd->awk), free(cd->ab), free(cd->aw), free(cd->dawq), free(cd->dawk);
+    free(cd->dab), free(cd->daw);
 }
 
 /* The timed call of a case: the forward, the merge, the layer, or (backward cases) the backward
@@ -516,19 +584,26 @@ static attn_status case_call(const bench_case *c, const bench_obj *o, const case
                            : attn_mha_forward(o->mha, &cd->margs);
     if (c->cache)
         return attn_forward_cache(o->ctx, &cd->args, cd->cache, cd->seq_ids);
+    if (c->additive)
+        return c->backward ? attn_additive_backward(o->add, &cd->aargs, &cd->agrads)
+                           : attn_additive_forward(o->add, &cd->aargs);
     return c->backward ? attn_backward(o->ctx, &cd->bwd) : attn_forward(o->ctx, &cd->args);
 }
 
 static const char *case_error(const bench_obj *o)
 {
-    return o->mha ? attn_mha_last_error(o->mha) : attn_last_error(o->ctx);
+    return o->mha ? attn_mha_last_error(o->mha)
+           : o->add ? attn_additive_last_error(o->add)
+                    : attn_last_error(o->ctx);
 }
 
 static void case_call_setup(const bench_case *c, const bench_obj *o, const case_data *cd)
 {
     attn_status st = ATTN_OK;
     if (c->backward)
-        st = c->mha ? attn_mha_forward(o->mha, &cd->margs) : attn_forward(o->ctx, &cd->args);
+        st = c->mha        ? attn_mha_forward(o->mha, &cd->margs)
+             : c->additive ? attn_additive_forward(o->add, &cd->aargs)
+                           : attn_forward(o->ctx, &cd->args);
     if (st != ATTN_OK) {
         fprintf(stderr, "attn-bench: %s: %s\n", c->name, case_error(o));
         exit(1);
@@ -538,7 +613,21 @@ static void case_call_setup(const bench_case *c, const bench_obj *o, const case_
 /* A context for the case on `threads` threads; exits with the reason if it cannot be made. */
 static bench_obj case_context(const bench_case *c, uint32_t threads, size_t *workspace)
 {
-    bench_obj o = {NULL, NULL};
+    bench_obj o = {NULL, NULL, NULL};
+    if (c->additive) {
+        attn_additive_desc ad = additive_desc(c, threads);
+        if (attn_additive_create(&ad, &o.add) != ATTN_OK) {
+            fprintf(stderr, "attn-bench: %s: %s\n", c->name, attn_additive_last_error(NULL));
+            exit(1);
+        }
+        if (workspace) { /* its context's workspace and the per-thread tanh tiles */
+            attn_desc d;
+            attn_desc_init(&d);
+            d.q_heads = d.kv_heads = 1, d.qk_dim = d.v_dim = c->D, d.threads = threads;
+            *workspace = attn_workspace_size(&d) + (size_t)(threads ? threads : 1) * 256 * c->D * 4;
+        }
+        return o;
+    }
     if (c->mha) {
         attn_mha_desc md = layer_desc(c, threads);
         if (attn_mha_create(&md, &o.mha) != ATTN_OK) {
@@ -575,6 +664,7 @@ static void case_release(bench_obj *o)
 {
     attn_destroy(o->ctx);
     attn_mha_destroy(o->mha);
+    attn_additive_destroy(o->add);
 }
 
 typedef struct result {
@@ -603,6 +693,11 @@ static result run_case(const bench_case *c, uint32_t threads, int reps, machine 
                        ? (double)c->Lq * c->Lk - 0.5 * (double)c->Lq * (c->Lq - 1)
                        : (double)c->Lq * c->Lk * (c->causal ? 0.5 : 1.0);
     double flops = 4.0 * c->B * c->Hq * pairs * c->D * (c->backward ? 2.5 : 1.0);
+    if (c->additive) {
+        double D = c->D, B = c->B, Lq = c->Lq, Lk = c->Lk;
+        flops = (2.0 * B * (Lq + Lk) * D * D + 2.0 * B * Lq * Lk * D * 2.0) *
+                (c->backward ? 2.5 : 1.0);
+    }
     if (c->mha) { /* + the projections: four of 2 B L E² flops, twice that backward */
         double E = (double)c->Hq * c->D;
         flops += 8.0 * c->B * c->Lq * E * E * (c->backward ? 2.0 : 1.0);
@@ -720,7 +815,8 @@ int main(int argc, char **argv)
             for (int c = 0; c < NCASES; c++)
                 printf("%-20s B=%u Hq=%u Hkv=%u Lq=%u Lk=%u D=%u%s%s%s%s%s%s%s\n", cases[c].name,
                        cases[c].B, cases[c].Hq, cases[c].Hkv, cases[c].Lq, cases[c].Lk, cases[c].D,
-                       cases[c].mha ? " MHA layer" : "", cases[c].cache ? " K/V cache" : "",
+                       cases[c].mha ? " MHA layer" : cases[c].additive ? " additive (A = D)" : "",
+                       cases[c].cache ? " K/V cache" : "",
                        cases[c].causal ? " causal" : "", cases[c].backward ? " backward" : "",
                        cases[c].dropout > 0.0f ? " dropout" : "",
                        cases[c].kv_dtype == ATTN_KV_F16    ? " f16 K/V"

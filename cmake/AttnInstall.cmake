@@ -8,7 +8,7 @@ install(TARGETS attn EXPORT attnTargets
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT Runtime NAMELINK_COMPONENT Development
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT Development
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} COMPONENT Runtime)
-install(FILES include/attn/attn.h include/attn/attn_mha.h include/attn/attn_kv_cache.h ${ATTN_GENERATED}/attn/attn_export.h
+install(FILES include/attn/attn.h include/attn/attn_mha.h include/attn/attn_kv_cache.h include/attn/attn_additive.h ${ATTN_GENERATED}/attn/attn_export.h
               ${ATTN_GENERATED}/attn/attn_version.h
         DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/attn COMPONENT Development)
 install(EXPORT attnTargets NAMESPACE attn:: DESTINATION ${ATTN_CMAKE_DIR} COMPONENT Development)

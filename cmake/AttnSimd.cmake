@@ -19,7 +19,9 @@ if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64|i[3-6]86)$")
   if(ATTN_COMPILER_AVX2)
     list(APPEND ATTN_SIMD_SOURCES src/kernels/x86/softmax_avx2.c src/kernels/x86/dropout_avx2.c
       src/kernels/x86/widen_avx2.c src/kernels/x86/narrow_avx2.c)
+    list(APPEND ATTN_SIMD_SOURCES src/kernels/x86/additive_avx2.c)
     list(APPEND ATTN_SIMD_DEFINITIONS ATTN_HAVE_AVX2)
+    set_source_files_properties(src/kernels/x86/additive_avx2.c PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma")
     set_source_files_properties(src/kernels/x86/softmax_avx2.c PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma")
     set_source_files_properties(src/kernels/x86/dropout_avx2.c PROPERTIES COMPILE_OPTIONS "-mavx2")
     set_source_files_properties(src/kernels/x86/widen_avx2.c src/kernels/x86/narrow_avx2.c
@@ -28,7 +30,9 @@ if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64|i[3-6]86)$")
   if(ATTN_COMPILER_AVX512)
     list(APPEND ATTN_SIMD_SOURCES src/kernels/x86/softmax_avx512.c src/kernels/x86/dropout_avx512.c
       src/kernels/x86/widen_avx512.c src/kernels/x86/narrow_avx512.c src/kernels/x86/thin_avx512.c)
+    list(APPEND ATTN_SIMD_SOURCES src/kernels/x86/additive_avx512.c)
     list(APPEND ATTN_SIMD_DEFINITIONS ATTN_HAVE_AVX512)
+    set_source_files_properties(src/kernels/x86/additive_avx512.c PROPERTIES COMPILE_OPTIONS "-mavx512f;-mavx2;-mfma")
     set_source_files_properties(src/kernels/x86/softmax_avx512.c PROPERTIES COMPILE_OPTIONS "-mavx512f;-mavx2;-mfma")
     set_source_files_properties(src/kernels/x86/dropout_avx512.c PROPERTIES COMPILE_OPTIONS "-mavx512f;-mavx2")
     set_source_files_properties(src/kernels/x86/widen_avx512.c src/kernels/x86/narrow_avx512.c

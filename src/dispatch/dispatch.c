@@ -19,6 +19,7 @@ void attn_kernels_fill_avx2(attn_kernels *t) { (void)t; }
 void attn_widen_fill_avx2(attn_kernels *t) { (void)t; }
 void attn_narrow_fill_avx2(attn_kernels *t) { (void)t; }
 void attn_dropout_fill_avx2(attn_kernels *t) { (void)t; }
+void attn_additive_fill_avx2(attn_kernels *t) { (void)t; }
 #endif
 #ifndef ATTN_HAVE_AVX512
 void attn_kernels_fill_avx512(attn_kernels *t) { (void)t; }
@@ -26,6 +27,7 @@ void attn_widen_fill_avx512(attn_kernels *t) { (void)t; }
 void attn_narrow_fill_avx512(attn_kernels *t) { (void)t; }
 void attn_thin_fill_avx512(attn_kernels *t) { (void)t; }
 void attn_dropout_fill_avx512(attn_kernels *t) { (void)t; }
+void attn_additive_fill_avx512(attn_kernels *t) { (void)t; }
 #endif
 
 #ifdef ATTN_HAVE_AVX2
@@ -53,11 +55,13 @@ static void build_tables(void)
     attn_widen_fill_scalar(&tables[TABLE_SCALAR]);
     attn_narrow_fill_scalar(&tables[TABLE_SCALAR]);
     attn_thin_fill_scalar(&tables[TABLE_SCALAR]);
+    attn_additive_fill_scalar(&tables[TABLE_SCALAR]);
     runnable[TABLE_SCALAR] = 1;
 
     tables[TABLE_AVX2] = tables[TABLE_SCALAR];
     attn_kernels_fill_avx2(&tables[TABLE_AVX2]);
     attn_dropout_fill_avx2(&tables[TABLE_AVX2]);
+    attn_additive_fill_avx2(&tables[TABLE_AVX2]);
     if (f.f16c) { /* an AVX2 CPU without F16C keeps the scalar conversions */
         attn_widen_fill_avx2(&tables[TABLE_AVX2]);
         attn_narrow_fill_avx2(&tables[TABLE_AVX2]);
@@ -71,6 +75,7 @@ static void build_tables(void)
     attn_widen_fill_avx512(&tables[TABLE_AVX512]);
     attn_narrow_fill_avx512(&tables[TABLE_AVX512]);
     attn_thin_fill_avx512(&tables[TABLE_AVX512]);
+    attn_additive_fill_avx512(&tables[TABLE_AVX512]);
     runnable[TABLE_AVX512] = HAVE_AVX512 && f.avx512f;
 }
 

@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/additive.h"
 #include "kernels/dropout.h"
 #include "kernels/softmax_state.h"
 
@@ -94,6 +95,10 @@ typedef struct attn_kernels {
     attn_thin_scores_fn thin_scores;
     attn_thin_values_fn thin_values;
     int thin_preferred; /* the thin kernels beat the BLAS here (set by the vector variants) */
+    attn_tanh_fn tanh;                     /* additive attention (kernels/additive.h) */
+    attn_additive_row_fn additive_row;
+    attn_additive_grad_q_fn additive_grad_q;
+    attn_additive_grad_k_fn additive_grad_k;
 } attn_kernels;
 
 /* Each variant writes the slots it implements into *t and leaves the others alone; every
@@ -113,5 +118,8 @@ void attn_thin_fill_scalar(attn_kernels *t);
 void attn_thin_fill_avx512(attn_kernels *t);
 void attn_dropout_fill_avx2(attn_kernels *t);
 void attn_dropout_fill_avx512(attn_kernels *t);
+void attn_additive_fill_scalar(attn_kernels *t);
+void attn_additive_fill_avx2(attn_kernels *t);
+void attn_additive_fill_avx512(attn_kernels *t);
 
 #endif
