@@ -1,6 +1,7 @@
 /* Thin products with AVX-512F: each key and value row is read once from memory, widened in
  * registers when 16-bit (see kernels/softmax.h for the contract). */
 #include <immintrin.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "kernels/softmax.h"
@@ -27,14 +28,24 @@ static inline __m512 load16(const void *row, int64_t d, uint32_t dtype, int64_t 
     return widen16(_mm256_loadu_si256((const __m256i *)h), dtype);
 }
 
-/* Rows ahead that the thin kernels ask for (8 KiB of float keys of width 128): the hardware
- * prefetcher alone left decode-4k at 40-60 % of the read bandwidth, reading cold K/V tiles
- * one demand miss at a time; asked ahead, it streams near the bandwidth (docs/performance.md). */
+/* Rows ahead that the thin kernels ask for (8 KiB of float keys of width 128). Measured on
+ * 2 threads (docs/performance.md): the hardware prefetcher alone left decode-4k at 49 % and
+ * decode-gqa-8k at 23-26 % of the read bandwidth, cold K/V rows arriving a demand miss at a
+ * time; asked 16 rows ahead, 69-79 % and 49-54 %. 32 rows were no better. */
 #define PREFETCH_ROWS 16
 
 static inline int64_t elem_size(uint32_t dtype)
 {
     return dtype == 0 ? 4 : 2;
+}
+
+/* Asks for the `bytes` bytes at base + offset, a line at a time. The address is formed as an
+ * integer: it may lie past the tile (and the array), where a prefetch is harmless. */
+static inline void prefetch_row(const void *base, int64_t offset, int64_t bytes)
+{
+    uintptr_t at = (uintptr_t)base + (uintptr_t)offset;
+    for (int64_t line = 0; line < bytes; line += 64)
+        _mm_prefetch((const char *)(at + (uintptr_t)line), _MM_HINT_T0);
 }
 
 /* The four horizontal sums of a0..a3, in one pass of shuffles (cheaper than four reductions). */
@@ -60,10 +71,10 @@ static void thin_scores_avx512(float *scores, int64_t ld, const float *q, int64_
     /* four keys at a time: four independent accumulators per row and one shared reduction;
      * the four key rows stay in L1 while the query rows pass over them */
     for (; c + 4 <= n; c += 4) {
-        if (c + PREFETCH_ROWS + 4 <= n) /* the rows PREFETCH_ROWS keys ahead, one line a row */
-            for (int i = 0; i < 4; i++)
-                for (int64_t line = 0; line < row_bytes; line += 64)
-                    _mm_prefetch(kb + (c + PREFETCH_ROWS + i) * row_bytes + line, _MM_HINT_T0);
+        /* the rows PREFETCH_ROWS keys ahead, one line a row; past the tile's end they are
+         * usually the next tile's (a prefetch never faults, whatever the address) */
+        for (int i = 0; i < 4; i++)
+            prefetch_row(kb, (c + PREFETCH_ROWS + i) * row_bytes, dk * elem_size(dtype));
         for (int64_t r = 0; r < rows; r++) {
             __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
                            _mm512_setzero_ps()};
@@ -111,10 +122,9 @@ static inline void values_block(float *acc, int64_t ldacc, const float *p, int64
         if (w0 == 0.0f && w1 == 0.0f) /* hidden or dropped: skip the row (0 * inf is NaN) */
             continue;
         const void *vrow = v + c * ldv_bytes;
-        if (c + PREFETCH_ROWS < n) /* this block's part of the row PREFETCH_ROWS ahead */
-            for (int64_t line = 0; line < width * elem_size(dtype); line += 64)
-                _mm_prefetch(v + (c + PREFETCH_ROWS) * ldv_bytes + e0 * elem_size(dtype) + line,
-                             _MM_HINT_T0);
+        /* this block's part of the row PREFETCH_ROWS ahead (past the tile too, as above) */
+        prefetch_row(v, (c + PREFETCH_ROWS) * ldv_bytes + e0 * elem_size(dtype),
+                     width * elem_size(dtype));
         __m512 b0 = _mm512_set1_ps(w0), b1 = _mm512_set1_ps(w1);
         for (int64_t x = 0; x < chunks; x++) {
             int64_t count = width - 16 * x < 16 ? width - 16 * x : 16;
