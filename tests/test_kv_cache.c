@@ -33,11 +33,11 @@
 
 #include "support/kv_model.h"
 
-/* TEST_KV_CACHE_QUICK=1 (valgrind's run, where every thread runs serialised and 50 times
+/* ATTN_TEST_QUICK=1 (valgrind's run, where every thread runs serialised and 50 times
  * slower) cuts the random runs to a twentieth and the long shapes short. */
 static int quick(void)
 {
-    const char *q = getenv("TEST_KV_CACHE_QUICK");
+    const char *q = getenv("ATTN_TEST_QUICK");
     return q && q[0] == '1';
 }
 
